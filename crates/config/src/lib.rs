@@ -1,0 +1,337 @@
+//! Herald's configuration: the TOML file, the Laravel-style `PUSHER_APP_*`
+//! variables, and validation with errors that name the offending key.
+//!
+//! Layering is defaults < file < environment < flags. This crate owns the
+//! first two layers and the app list; the binary applies `HERALD_*` variables
+//! and flags (one `clap` definition serves both) on top.
+
+use herald_protocol::api::ApiLimits;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the WebSocket and HTTP API listener (default 0.0.0.0:6001).
+    pub bind: Option<SocketAddr>,
+    /// Address of /metrics, /healthz, /readyz (default 0.0.0.0:9601).
+    pub metrics_bind: Option<SocketAddr>,
+    /// Seconds of client silence before the server sends `pusher:ping`; also
+    /// announced to clients in `pusher:connection_established`.
+    pub activity_timeout: u64,
+    /// Seconds to wait for any message after a server ping before closing with 4201.
+    pub pong_timeout: u64,
+    /// Largest WebSocket message accepted from a client, after reassembly of fragments.
+    pub max_message_bytes: usize,
+    /// Frames queued per connection before it counts as a slow consumer (close 4100).
+    pub outbox_capacity: usize,
+    /// Seconds a single socket write may take before the connection is dropped.
+    pub write_timeout: u64,
+    /// Seconds between SIGTERM and a forced exit while closing connections.
+    pub shutdown_timeout: u64,
+    pub apps: Vec<AppConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: None,
+            metrics_bind: None,
+            activity_timeout: 120,
+            pong_timeout: 30,
+            max_message_bytes: 64 * 1024,
+            outbox_capacity: 1024,
+            write_timeout: 10,
+            shutdown_timeout: 5,
+            apps: Vec::new(),
+        }
+    }
+}
+
+/// One Pusher app: credentials, switches and limits (Pusher's defaults).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub id: String,
+    pub key: String,
+    pub secret: String,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Allow `client-*` events (off by default, as on Pusher).
+    #[serde(default)]
+    pub client_events: bool,
+    /// Send `pusher_internal:subscription_count` on non-presence channels.
+    #[serde(default)]
+    pub subscription_count: bool,
+    /// Seconds within which a socket must `pusher:signin` (0 = not required).
+    #[serde(default)]
+    pub user_authentication_timeout: u64,
+    /// Concurrent connections allowed (0 = unlimited).
+    #[serde(default)]
+    pub max_connections: usize,
+    #[serde(default = "default_max_presence_members")]
+    pub max_presence_members: usize,
+    #[serde(default = "default_max_user_info")]
+    pub max_presence_user_info_bytes: usize,
+    #[serde(default = "default_max_payload")]
+    pub max_event_payload_bytes: usize,
+    #[serde(default = "default_max_channels")]
+    pub max_channels_per_event: usize,
+    #[serde(default = "default_max_batch")]
+    pub max_batch_events: usize,
+    #[serde(default = "default_client_rate")]
+    pub max_client_events_per_second: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_max_presence_members() -> usize {
+    100
+}
+fn default_max_user_info() -> usize {
+    1024
+}
+fn default_max_payload() -> usize {
+    10 * 1024
+}
+fn default_max_channels() -> usize {
+    100
+}
+fn default_max_batch() -> usize {
+    10
+}
+fn default_client_rate() -> u32 {
+    10
+}
+
+impl AppConfig {
+    /// An app with Pusher's default switches and limits.
+    pub fn new(id: &str, key: &str, secret: &str) -> Self {
+        Self {
+            id: id.into(),
+            key: key.into(),
+            secret: secret.into(),
+            enabled: true,
+            client_events: false,
+            subscription_count: false,
+            user_authentication_timeout: 0,
+            max_connections: 0,
+            max_presence_members: default_max_presence_members(),
+            max_presence_user_info_bytes: default_max_user_info(),
+            max_event_payload_bytes: default_max_payload(),
+            max_channels_per_event: default_max_channels(),
+            max_batch_events: default_max_batch(),
+            max_client_events_per_second: default_client_rate(),
+        }
+    }
+
+    pub fn api_limits(&self) -> ApiLimits {
+        ApiLimits {
+            max_event_payload_bytes: self.max_event_payload_bytes,
+            max_channels_per_event: self.max_channels_per_event,
+            max_batch_events: self.max_batch_events,
+        }
+    }
+
+    pub fn user_authentication_timeout(&self) -> Option<Duration> {
+        (self.user_authentication_timeout > 0)
+            .then(|| Duration::from_secs(self.user_authentication_timeout))
+    }
+}
+
+/// A configuration error; the message names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid config: `{key}` {problem}")]
+    Invalid { key: String, problem: String },
+}
+
+/// Where the app list came from, so the binary can warn about a development app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppSource {
+    File,
+    PusherEnv,
+    Development,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: String::new(),
+            message: e.to_string(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// With no `[[apps]]` in the file, take the app from `PUSHER_APP_ID`,
+    /// `PUSHER_APP_KEY` and `PUSHER_APP_SECRET` (a Laravel `.env`), else a
+    /// development app.
+    pub fn fill_apps_from_env(
+        &mut self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<AppSource, ConfigError> {
+        if !self.apps.is_empty() {
+            return Ok(AppSource::File);
+        }
+        let vars = ["PUSHER_APP_ID", "PUSHER_APP_KEY", "PUSHER_APP_SECRET"].map(&env);
+        let source = match vars {
+            [Some(id), Some(key), Some(secret)] => {
+                self.apps.push(AppConfig::new(&id, &key, &secret));
+                AppSource::PusherEnv
+            }
+            [None, None, None] => {
+                self.apps
+                    .push(AppConfig::new("app-id", "app-key", "app-secret"));
+                AppSource::Development
+            }
+            partial => {
+                let missing = ["PUSHER_APP_ID", "PUSHER_APP_KEY", "PUSHER_APP_SECRET"]
+                    .iter()
+                    .zip(partial.iter())
+                    .filter(|(_, v)| v.is_none())
+                    .map(|(k, _)| *k)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(ConfigError::Invalid {
+                    key: missing,
+                    problem: "is missing (set all of PUSHER_APP_ID, PUSHER_APP_KEY, PUSHER_APP_SECRET or none)".into(),
+                });
+            }
+        };
+        self.validate()?;
+        Ok(source)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: String, problem: &str| ConfigError::Invalid {
+            key,
+            problem: problem.into(),
+        };
+        for (key, value) in [
+            ("activity_timeout", self.activity_timeout as usize),
+            ("pong_timeout", self.pong_timeout as usize),
+            ("max_message_bytes", self.max_message_bytes),
+            ("outbox_capacity", self.outbox_capacity),
+            ("write_timeout", self.write_timeout as usize),
+        ] {
+            if value == 0 {
+                return Err(invalid(key.into(), "must be greater than 0"));
+            }
+        }
+        let (mut ids, mut keys) = (HashSet::new(), HashSet::new());
+        for (i, app) in self.apps.iter().enumerate() {
+            let key = |field: &str| format!("apps[{i}].{field}");
+            for (field, value) in [("id", &app.id), ("key", &app.key), ("secret", &app.secret)] {
+                if value.is_empty() {
+                    return Err(invalid(key(field), "must not be empty"));
+                }
+            }
+            if !ids.insert(&app.id) {
+                return Err(invalid(key("id"), "is used by another app"));
+            }
+            if !keys.insert(&app.key) {
+                return Err(invalid(key("key"), "is used by another app"));
+            }
+            for (field, value) in [
+                ("max_presence_members", app.max_presence_members),
+                ("max_presence_user_info_bytes", app.max_presence_user_info_bytes),
+                ("max_event_payload_bytes", app.max_event_payload_bytes),
+                ("max_channels_per_event", app.max_channels_per_event),
+                ("max_batch_events", app.max_batch_events),
+                ("max_client_events_per_second", app.max_client_events_per_second as usize),
+            ] {
+                if value == 0 {
+                    return Err(invalid(key(field), "must be greater than 0"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_pushers() {
+        let c = Config::from_toml("[[apps]]\nid='1'\nkey='k'\nsecret='s'\n").unwrap();
+        let app = &c.apps[0];
+        assert!(app.enabled && !app.client_events);
+        assert_eq!(app.max_presence_members, 100);
+        assert_eq!(app.max_event_payload_bytes, 10240);
+        assert_eq!(app.max_channels_per_event, 100);
+        assert_eq!(app.max_batch_events, 10);
+        assert_eq!(c.activity_timeout, 120);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Config::from_toml("[[apps]]\nid='1'\nkey='k'\nsecret='s'\nmax_presence_members=0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("apps[0].max_presence_members"), "{err}");
+        let err = Config::from_toml("[[apps]]\nid='1'\nkey='k'\nsecret='s'\nclient_event=true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("client_event"), "{err}");
+        let err = Config::from_toml("pong_timeout = 'x'\n").unwrap_err().to_string();
+        assert!(err.contains("pong_timeout"), "{err}");
+        let two = "[[apps]]\nid='1'\nkey='k'\nsecret='s'\n[[apps]]\nid='2'\nkey='k'\nsecret='s'\n";
+        let err = Config::from_toml(two).unwrap_err().to_string();
+        assert!(err.contains("apps[1].key"), "{err}");
+    }
+
+    #[test]
+    fn apps_from_laravel_env_or_development() {
+        let mut c = Config::default();
+        let env = |k: &str| {
+            Some(match k {
+                "PUSHER_APP_ID" => "local",
+                "PUSHER_APP_KEY" => "lkey",
+                _ => "lsecret",
+            }
+            .to_string())
+        };
+        assert_eq!(c.fill_apps_from_env(env).unwrap(), AppSource::PusherEnv);
+        assert_eq!(c.apps[0].key, "lkey");
+
+        let mut c = Config::default();
+        assert_eq!(c.fill_apps_from_env(|_| None).unwrap(), AppSource::Development);
+
+        let mut c = Config::default();
+        let err = c
+            .fill_apps_from_env(|k| (k == "PUSHER_APP_ID").then(|| "1".to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PUSHER_APP_KEY, PUSHER_APP_SECRET"), "{err}");
+    }
+}
