@@ -67,7 +67,10 @@ impl Envelope {
 pub enum BusMessage {
     Event(Envelope),
     /// Close every connection of a user (`terminate_connections`).
-    TerminateUser { app: String, user_id: String },
+    TerminateUser {
+        app: String,
+        user_id: String,
+    },
 }
 
 impl BusMessage {

@@ -262,11 +262,17 @@ impl Config {
             }
             for (field, value) in [
                 ("max_presence_members", app.max_presence_members),
-                ("max_presence_user_info_bytes", app.max_presence_user_info_bytes),
+                (
+                    "max_presence_user_info_bytes",
+                    app.max_presence_user_info_bytes,
+                ),
                 ("max_event_payload_bytes", app.max_event_payload_bytes),
                 ("max_channels_per_event", app.max_channels_per_event),
                 ("max_batch_events", app.max_batch_events),
-                ("max_client_events_per_second", app.max_client_events_per_second as usize),
+                (
+                    "max_client_events_per_second",
+                    app.max_client_events_per_second as usize,
+                ),
             ] {
                 if value == 0 {
                     return Err(invalid(key(field), "must be greater than 0"));
@@ -295,15 +301,18 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let err = Config::from_toml("[[apps]]\nid='1'\nkey='k'\nsecret='s'\nmax_presence_members=0\n")
-            .unwrap_err()
-            .to_string();
+        let err =
+            Config::from_toml("[[apps]]\nid='1'\nkey='k'\nsecret='s'\nmax_presence_members=0\n")
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("apps[0].max_presence_members"), "{err}");
         let err = Config::from_toml("[[apps]]\nid='1'\nkey='k'\nsecret='s'\nclient_event=true\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("client_event"), "{err}");
-        let err = Config::from_toml("pong_timeout = 'x'\n").unwrap_err().to_string();
+        let err = Config::from_toml("pong_timeout = 'x'\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("pong_timeout"), "{err}");
         let two = "[[apps]]\nid='1'\nkey='k'\nsecret='s'\n[[apps]]\nid='2'\nkey='k'\nsecret='s'\n";
         let err = Config::from_toml(two).unwrap_err().to_string();
@@ -314,18 +323,23 @@ mod tests {
     fn apps_from_laravel_env_or_development() {
         let mut c = Config::default();
         let env = |k: &str| {
-            Some(match k {
-                "PUSHER_APP_ID" => "local",
-                "PUSHER_APP_KEY" => "lkey",
-                _ => "lsecret",
-            }
-            .to_string())
+            Some(
+                match k {
+                    "PUSHER_APP_ID" => "local",
+                    "PUSHER_APP_KEY" => "lkey",
+                    _ => "lsecret",
+                }
+                .to_string(),
+            )
         };
         assert_eq!(c.fill_apps_from_env(env).unwrap(), AppSource::PusherEnv);
         assert_eq!(c.apps[0].key, "lkey");
 
         let mut c = Config::default();
-        assert_eq!(c.fill_apps_from_env(|_| None).unwrap(), AppSource::Development);
+        assert_eq!(
+            c.fill_apps_from_env(|_| None).unwrap(),
+            AppSource::Development
+        );
 
         let mut c = Config::default();
         let err = c

@@ -1,1 +1,189 @@
-//! placeholder
+//! The gateway role: WebSocket connections at `/app/{key}`, the Pusher
+//! protocol per connection, and fan-out of bus events to local sockets.
+//!
+//! - [`hub`]: which local sockets want which channel; the bus sink and fan-out.
+//! - [`peer`]: the non-blocking handle to one connection (bounded outbox, close signal).
+//! - `connection`: the socket's reader and writer tasks and the handshake checks.
+//! - `session`: the protocol state machine of one connection.
+
+mod connection;
+pub mod hub;
+pub mod peer;
+mod session;
+
+use bytes::Bytes;
+use herald_bus::{Bus, BusMessage};
+use herald_config::{AppConfig, Config};
+use herald_metrics::Metrics;
+use herald_presence::ChannelState;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use hub::Hub;
+
+/// Connection settings shared by every socket of the node.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub activity_timeout: Duration,
+    pub pong_timeout: Duration,
+    pub max_message_bytes: usize,
+    pub outbox_capacity: usize,
+    pub write_timeout: Duration,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            activity_timeout: Duration::from_secs(config.activity_timeout),
+            pong_timeout: Duration::from_secs(config.pong_timeout),
+            max_message_bytes: config.max_message_bytes,
+            outbox_capacity: config.outbox_capacity,
+            write_timeout: Duration::from_secs(config.write_timeout),
+        }
+    }
+}
+
+pub struct Gateway {
+    settings: Settings,
+    apps_by_key: HashMap<String, Arc<AppConfig>>,
+    hub: Arc<Hub>,
+    state: Arc<ChannelState>,
+    bus: Arc<dyn Bus>,
+    metrics: Arc<Metrics>,
+    /// Random per process, so socket ids from different nodes never collide.
+    socket_prefix: u32,
+    next_socket: AtomicU64,
+}
+
+impl Gateway {
+    pub fn new(
+        settings: Settings,
+        apps: &[Arc<AppConfig>],
+        state: Arc<ChannelState>,
+        bus: Arc<dyn Bus>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            settings,
+            apps_by_key: apps.iter().map(|a| (a.key.clone(), a.clone())).collect(),
+            hub: Arc::new(Hub::new(apps, metrics.clone())),
+            state,
+            bus,
+            metrics,
+            socket_prefix: rand::random::<u32>() % 1_000_000_000,
+            next_socket: AtomicU64::new(1),
+        })
+    }
+
+    /// The fan-out side, to attach to the bus.
+    pub fn hub(&self) -> Arc<Hub> {
+        self.hub.clone()
+    }
+
+    fn next_socket_id(&self) -> Arc<str> {
+        let n = self.next_socket.fetch_add(1, Ordering::Relaxed);
+        format!("{}.{}", self.socket_prefix, n).into()
+    }
+
+    /// Publishes on the bus, counting the outcome.
+    async fn publish(&self, app: &str, message: BusMessage) {
+        self.metrics.bus_publishes.with_label_values(&[app]).inc();
+        if let Err(e) = self.bus.publish(message).await {
+            self.metrics
+                .bus_publish_failures
+                .with_label_values(&[app])
+                .inc();
+            tracing::warn!(error = %e, app, "bus publish failed");
+        }
+    }
+
+    /// Handles `GET /app/{key}`: upgrades to a WebSocket and runs the connection.
+    pub fn handle(self: &Arc<Self>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let key = req
+            .uri()
+            .path()
+            .strip_prefix("/app/")
+            .unwrap_or_default()
+            .to_owned();
+        if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+            return plain(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade\n");
+        }
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+            Ok(pair) => pair,
+            Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("{e}\n")),
+        };
+        let admission = self.admit(&key, &query);
+        let gateway = self.clone();
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(ws) => connection::run(gateway, ws.into_inner(), admission).await,
+                Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+            }
+        });
+        let (parts, _) = response.into_parts();
+        Response::from_parts(parts, Full::default())
+    }
+
+    /// Checks the app key and protocol version of a handshake.
+    fn admit(&self, key: &str, query: &str) -> Result<Arc<AppConfig>, connection::Refusal> {
+        use connection::Refusal;
+        use herald_protocol::codes;
+        let app = self.apps_by_key.get(key).ok_or_else(|| {
+            Refusal::new(
+                codes::APP_NOT_FOUND,
+                format!("App key {key} not in this cluster"),
+                "",
+                "app_not_found",
+            )
+        })?;
+        let refuse =
+            |code, message: &str, label| Err(Refusal::new(code, message.into(), &app.id, label));
+        if !app.enabled {
+            return refuse(codes::APP_DISABLED, "Application disabled", "app_disabled");
+        }
+        let protocol = url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "protocol")
+            .map(|(_, v)| v.into_owned());
+        match protocol.as_deref().map(str::parse::<u32>) {
+            None => refuse(
+                codes::NO_PROTOCOL_VERSION,
+                "No protocol version supplied",
+                "no_protocol",
+            ),
+            Some(Err(_)) => refuse(
+                codes::INVALID_VERSION_FORMAT,
+                "Invalid version string format",
+                "invalid_protocol",
+            ),
+            Some(Ok(5..=7)) => Ok(app.clone()),
+            Some(Ok(v)) => refuse(
+                codes::UNSUPPORTED_PROTOCOL,
+                &format!("Unsupported protocol version {v}; Herald speaks 5 to 7"),
+                "unsupported_protocol",
+            ),
+        }
+    }
+
+    /// Asks every connection to close with `code` (shutdown, drain).
+    pub fn close_all(&self, code: u16, message: &str) {
+        self.hub.close_all(code, message, "shutdown");
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.hub.connection_count()
+    }
+}
+
+fn plain(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("static response")
+}

@@ -1,1 +1,290 @@
-//! placeholder
+//! Prometheus metrics and the admin endpoints (`/metrics`, `/healthz`, `/readyz`).
+//!
+//! Every label set is bounded: metrics are labelled by app (configured apps
+//! only), reason, kind, endpoint or status, never by channel, user or socket.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+pub struct Metrics {
+    registry: Registry,
+    ready: AtomicBool,
+    /// Open client connections.
+    pub connections: IntGaugeVec,
+    /// Connections accepted, by app.
+    pub connections_opened: IntCounterVec,
+    /// Connections closed, by app and reason.
+    pub connections_closed: IntCounterVec,
+    /// Handshakes refused before a connection was established, by reason (app label "" when unknown).
+    pub connections_refused: IntCounterVec,
+    /// Channel subscriptions held by this node's connections.
+    pub subscriptions: IntGaugeVec,
+    /// Messages written to sockets, by kind (event, client_event, internal, error).
+    pub messages_sent: IntCounterVec,
+    /// Messages read from sockets, by kind.
+    pub messages_received: IntCounterVec,
+    pub bytes_sent: IntCounterVec,
+    pub bytes_received: IntCounterVec,
+    /// Refused subscriptions and sign-ins, by kind.
+    pub auth_failures: IntCounterVec,
+    /// Requests or messages refused by a limit, by limit.
+    pub limit_rejections: IntCounterVec,
+    /// Connections dropped because their queue overflowed or a write stalled.
+    pub slow_consumer_disconnects: IntCounterVec,
+    /// HTTP API requests, by endpoint and status.
+    pub api_requests: IntCounterVec,
+    pub api_request_duration: HistogramVec,
+    /// Events published to the bus, and publish failures.
+    pub bus_publishes: IntCounterVec,
+    pub bus_publish_failures: IntCounterVec,
+    /// From the trigger's publish timestamp to the queueing of the frame for the sockets.
+    pub delivery_latency: HistogramVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
+    h
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let latency_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
+        Self {
+            connections: gauge(
+                &r,
+                "herald_connections",
+                "Open client connections.",
+                &["app"],
+            ),
+            connections_opened: counter(
+                &r,
+                "herald_connections_opened_total",
+                "Client connections established.",
+                &["app"],
+            ),
+            connections_closed: counter(
+                &r,
+                "herald_connections_closed_total",
+                "Client connections closed, by reason.",
+                &["app", "reason"],
+            ),
+            connections_refused: counter(
+                &r,
+                "herald_connections_refused_total",
+                "WebSocket handshakes refused, by reason.",
+                &["app", "reason"],
+            ),
+            subscriptions: gauge(
+                &r,
+                "herald_subscriptions",
+                "Channel subscriptions held by connections on this node.",
+                &["app"],
+            ),
+            messages_sent: counter(
+                &r,
+                "herald_messages_sent_total",
+                "Messages written to client sockets, by kind.",
+                &["app", "kind"],
+            ),
+            messages_received: counter(
+                &r,
+                "herald_messages_received_total",
+                "Messages read from client sockets, by kind.",
+                &["app", "kind"],
+            ),
+            bytes_sent: counter(
+                &r,
+                "herald_bytes_sent_total",
+                "WebSocket bytes written to clients.",
+                &["app"],
+            ),
+            bytes_received: counter(
+                &r,
+                "herald_bytes_received_total",
+                "WebSocket payload bytes read from clients.",
+                &["app"],
+            ),
+            auth_failures: counter(
+                &r,
+                "herald_auth_failures_total",
+                "Refused channel authorizations, sign-ins and API signatures.",
+                &["app", "kind"],
+            ),
+            limit_rejections: counter(
+                &r,
+                "herald_limit_rejections_total",
+                "Messages, subscriptions and requests refused by a limit.",
+                &["app", "limit"],
+            ),
+            slow_consumer_disconnects: counter(
+                &r,
+                "herald_slow_consumer_disconnects_total",
+                "Connections closed because they could not keep up.",
+                &["app"],
+            ),
+            api_requests: counter(
+                &r,
+                "herald_api_requests_total",
+                "HTTP API requests, by endpoint and status.",
+                &["endpoint", "status"],
+            ),
+            api_request_duration: histogram(
+                &r,
+                "herald_api_request_duration_seconds",
+                "HTTP API request latency.",
+                &["endpoint"],
+                latency_buckets.clone(),
+            ),
+            bus_publishes: counter(
+                &r,
+                "herald_bus_publishes_total",
+                "Messages published to the bus.",
+                &["app"],
+            ),
+            bus_publish_failures: counter(
+                &r,
+                "herald_bus_publish_failures_total",
+                "Bus publishes that failed.",
+                &["app"],
+            ),
+            delivery_latency: histogram(
+                &r,
+                "herald_delivery_latency_seconds",
+                "Time from the trigger's publish to queueing on the sockets.",
+                &["app"],
+                latency_buckets,
+            ),
+            registry: r,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the process ready (listening) or not (starting, draining).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+
+    fn respond(&self, path: &str) -> Response<Full<Bytes>> {
+        let (status, body) = match path {
+            "/metrics" => (StatusCode::OK, self.render()),
+            "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
+            "/readyz" if self.is_ready() => (StatusCode::OK, "ready\n".to_owned()),
+            "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned()),
+            _ => (StatusCode::NOT_FOUND, "not found\n".to_owned()),
+        };
+        Response::builder()
+            .status(status)
+            .header("content-type", "text/plain; version=0.0.4")
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response")
+    }
+}
+
+/// Serves the admin endpoints on `listener` until the task is dropped.
+pub async fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                continue;
+            }
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let resp = metrics.respond(req.uri().path());
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// Binds the admin address; an error names it.
+pub async fn bind_admin(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot bind metrics address {addr}: {e}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_labelled_metrics_and_readiness() {
+        let m = Metrics::new();
+        m.connections.with_label_values(&["app1"]).set(3);
+        assert!(m.render().contains(r#"herald_connections{app="app1"} 3"#));
+        assert_eq!(
+            m.respond("/readyz").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        m.set_ready(true);
+        assert_eq!(m.respond("/readyz").status(), StatusCode::OK);
+        assert_eq!(m.respond("/healthz").status(), StatusCode::OK);
+        assert_eq!(m.respond("/nope").status(), StatusCode::NOT_FOUND);
+    }
+}

@@ -210,7 +210,10 @@ impl ChannelState {
     /// The cached event of a cache channel, if one is younger than [`CACHE_TTL`].
     pub fn cache(&self, app: &str, channel: &str) -> Option<CachedEvent> {
         self.with_channel(app, channel, |c| {
-            if c.cache.as_ref().is_some_and(|e| e.stored.elapsed() > CACHE_TTL) {
+            if c.cache
+                .as_ref()
+                .is_some_and(|e| e.stored.elapsed() > CACHE_TTL)
+            {
                 c.cache = None;
             }
             c.cache.clone()

@@ -53,7 +53,12 @@ impl Info {
     /// Parses a comma-separated `info` value; unknown attributes are a 400.
     pub fn parse(value: Option<&str>) -> Result<Self, ApiError> {
         let mut info = Self::default();
-        for attr in value.unwrap_or("").split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        for attr in value
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        {
             match attr {
                 "user_count" => info.user_count = true,
                 "subscription_count" => info.subscription_count = true,
@@ -248,14 +253,23 @@ mod tests {
             (r#"{"name":"e","data":"x","channels":["a","b","c"]}"#, 400),
             (r#"{"name":"e","data":"x","channels":["a b"]}"#, 400),
             (r#"{"name":"","data":"x","channel":"a"}"#, 400),
-            (r#"{"name":"e","data":"x","channel":"a","socket_id":"x"}"#, 400),
-            (r#"{"name":"e","data":"x","channel":"a","info":"bogus"}"#, 400),
+            (
+                r#"{"name":"e","data":"x","channel":"a","socket_id":"x"}"#,
+                400,
+            ),
+            (
+                r#"{"name":"e","data":"x","channel":"a","info":"bogus"}"#,
+                400,
+            ),
             (r#"{"name":"e","data":"01234567890","channel":"a"}"#, 413),
         ];
         for (json, status) in cases {
             assert_eq!(trigger(json).unwrap_err().status(), status, "{json}");
         }
-        let long = format!(r#"{{"name":"{}","data":"x","channel":"a"}}"#, "e".repeat(201));
+        let long = format!(
+            r#"{{"name":"{}","data":"x","channel":"a"}}"#,
+            "e".repeat(201)
+        );
         assert_eq!(trigger(&long).unwrap_err().status(), 400);
     }
 

@@ -25,7 +25,11 @@ pub fn verify(secret: &str, message: &str, signature_hex: &str) -> bool {
 }
 
 /// The string a channel authorization signs: `socket_id:channel[:channel_data]`.
-pub fn channel_string_to_sign(socket_id: &str, channel: &str, channel_data: Option<&str>) -> String {
+pub fn channel_string_to_sign(
+    socket_id: &str,
+    channel: &str,
+    channel_data: Option<&str>,
+) -> String {
     match channel_data {
         Some(data) => format!("{socket_id}:{channel}:{data}"),
         None => format!("{socket_id}:{channel}"),
@@ -75,7 +79,12 @@ pub fn api_string_to_sign<'a>(
         .collect();
     pairs.sort();
     let query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    format!("{}\n{}\n{}", method.to_ascii_uppercase(), path, query.join("&"))
+    format!(
+        "{}\n{}\n{}",
+        method.to_ascii_uppercase(),
+        path,
+        query.join("&")
+    )
 }
 
 #[cfg(test)]
@@ -105,7 +114,10 @@ mod tests {
     #[test]
     fn api_request_vector() {
         let body = r#"{"name":"foo","channels":["project-3"],"data":"{\"some\":\"data\"}"}"#;
-        assert_eq!(body_md5(body.as_bytes()), "ec365a775a4cd0599faeb73354201b6f");
+        assert_eq!(
+            body_md5(body.as_bytes()),
+            "ec365a775a4cd0599faeb73354201b6f"
+        );
         let params = [
             ("auth_key", "278d425bdf160c739803"),
             ("auth_timestamp", "1353088179"),
@@ -139,7 +151,11 @@ mod tests {
         let s = api_string_to_sign(
             "get",
             "/apps/1/channels",
-            [("info", "user_count"), ("auth_signature", "x"), ("AUTH_KEY", "k")],
+            [
+                ("info", "user_count"),
+                ("auth_signature", "x"),
+                ("AUTH_KEY", "k"),
+            ],
         );
         assert_eq!(s, "GET\n/apps/1/channels\nauth_key=k&info=user_count");
     }

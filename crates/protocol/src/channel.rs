@@ -12,6 +12,9 @@ pub const MAX_CHANNEL_NAME_LEN: usize = 164;
 pub const MAX_EVENT_NAME_LEN: usize = 200;
 /// Prefix of the per-user channel that `sendToUser` publishes to.
 pub const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
+/// Prefix of the internal routing channel on which a user's online/offline
+/// transitions reach the sockets watching that user. Never valid for clients.
+pub const WATCHLIST_PREFIX: &str = "#watchlist-";
 
 /// How a channel behaves, derived from its prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +165,11 @@ mod tests {
             ("private-admin-monitoring", ChannelKind::Private, false),
             ("private-cache-x", ChannelKind::Private, true),
             ("private-encrypted-x", ChannelKind::PrivateEncrypted, false),
-            ("private-encrypted-cache-x", ChannelKind::PrivateEncrypted, true),
+            (
+                "private-encrypted-cache-x",
+                ChannelKind::PrivateEncrypted,
+                true,
+            ),
             ("presence-admin-presence", ChannelKind::Presence, false),
             ("presence-cache-x", ChannelKind::Presence, true),
             ("#server-to-user-42", ChannelKind::ServerToUser, false),

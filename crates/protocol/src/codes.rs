@@ -18,6 +18,8 @@ pub const OVER_CAPACITY: u16 = 4100;
 pub const RECONNECT: u16 = 4200;
 pub const PONG_NOT_RECEIVED: u16 = 4201;
 pub const CLIENT_EVENT_REJECTED: u16 = 4301;
+/// A watchlist longer than 100 users; the first 100 are kept.
+pub const WATCHLIST_TOO_LONG: u16 = 4302;
 
 /// WebSocket close codes (RFC 6455) Herald sends.
 pub const WS_NORMAL: u16 = 1000;

@@ -15,12 +15,23 @@ pub enum ClientMessage {
     Ping,
     Pong,
     Subscribe(Subscribe),
-    Unsubscribe { channel: String },
-    Signin { auth: String, user_data: String },
+    Unsubscribe {
+        channel: String,
+    },
+    Signin {
+        auth: String,
+        user_data: String,
+    },
     /// A `client-*` event; `data` is the raw JSON of the payload.
-    ClientEvent { event: String, channel: String, data: String },
+    ClientEvent {
+        event: String,
+        channel: String,
+        data: String,
+    },
     /// A well-formed message with an event Herald does not know.
-    Unknown { event: String },
+    Unknown {
+        event: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -71,10 +82,14 @@ struct UnsubscribeData {
 
 /// Some clients send `data` as a JSON-encoded string rather than an object;
 /// accept both for the `pusher:` events whose data Herald reads.
-fn data_object<'de, T: Deserialize<'de>>(raw: &'de RawValue, event: &str) -> Result<T, MessageError> {
+fn data_object<'de, T: Deserialize<'de>>(
+    raw: &'de RawValue,
+    event: &str,
+) -> Result<T, MessageError> {
     let text = raw.get();
     let parsed = if text.starts_with('"') {
-        let inner: String = serde_json::from_str(text).map_err(|e| MessageError::Malformed(e.to_string()))?;
+        let inner: String =
+            serde_json::from_str(text).map_err(|e| MessageError::Malformed(e.to_string()))?;
         serde_json::from_str::<serde_json::Value>(&inner)
             .and_then(T::deserialize)
             .map_err(|e| e.to_string())
@@ -134,14 +149,22 @@ pub fn json_string(s: &str) -> String {
 /// A channel event frame: `{"event":..,"channel":..,"data":<raw>[,"user_id":..]}`.
 /// `data` must already be valid JSON text.
 pub fn channel_event(event: &str, channel: &str, data: &str, user_id: Option<&str>) -> String {
-    let mut out = String::with_capacity(event.len() + channel.len() + data.len() + 48);
-    let _ = write!(
-        out,
-        r#"{{"event":{},"channel":{},"data":{}"#,
-        json_string(event),
-        json_string(channel),
-        data
-    );
+    event_message(event, Some(channel), data, user_id)
+}
+
+/// An event frame with an optional channel; `data` must already be valid JSON text.
+pub fn event_message(
+    event: &str,
+    channel: Option<&str>,
+    data: &str,
+    user_id: Option<&str>,
+) -> String {
+    let mut out = String::with_capacity(event.len() + data.len() + 64);
+    let _ = write!(out, r#"{{"event":{}"#, json_string(event));
+    if let Some(channel) = channel {
+        let _ = write!(out, r#","channel":{}"#, json_string(channel));
+    }
+    let _ = write!(out, r#","data":{data}"#);
     if let Some(user) = user_id {
         let _ = write!(out, r#","user_id":{}"#, json_string(user));
     }
@@ -152,11 +175,7 @@ pub fn channel_event(event: &str, channel: &str, data: &str, user_id: Option<&st
 /// An event without a channel whose `data` is a JSON string holding `payload` (as Pusher sends
 /// connection-level events).
 fn connection_event(event: &str, payload: &serde_json::Value) -> String {
-    format!(
-        r#"{{"event":{},"data":{}}}"#,
-        json_string(event),
-        json_string(&payload.to_string())
-    )
+    event_message(event, None, &json_string(&payload.to_string()), None)
 }
 
 pub fn connection_established(socket_id: &str, activity_timeout: u64) -> String {
@@ -198,7 +217,12 @@ pub fn subscription_succeeded(channel: &str, presence: Option<serde_json::Value>
 /// `pusher:subscription_error` with Pusher's `{type, error, status}` data.
 pub fn subscription_error(channel: &str, kind: &str, error: &str, status: u16) -> String {
     let data = serde_json::json!({ "type": kind, "error": error, "status": status });
-    channel_event("pusher:subscription_error", channel, &data.to_string(), None)
+    channel_event(
+        "pusher:subscription_error",
+        channel,
+        &data.to_string(),
+        None,
+    )
 }
 
 /// Data of `pusher_internal:member_added`; `user_info` is raw JSON.
@@ -234,11 +258,15 @@ pub fn signin_success(user_data: &str) -> String {
     )
 }
 
-/// Data of `pusher_internal:watchlist_events` for one transition.
-pub fn watchlist_data(name: &str, user_ids: &[String]) -> String {
-    json_string(
-        &serde_json::json!({ "events": [ { "name": name, "user_ids": user_ids } ] }).to_string(),
-    )
+/// Data of `pusher_internal:watchlist_events`: `(name, user_ids)` pairs such as
+/// `("online", ["1"])`; pairs without users are left out.
+pub fn watchlist_data(events: &[(&str, &[String])]) -> String {
+    let events: Vec<serde_json::Value> = events
+        .iter()
+        .filter(|(_, ids)| !ids.is_empty())
+        .map(|(name, ids)| serde_json::json!({ "name": name, "user_ids": ids }))
+        .collect();
+    json_string(&serde_json::json!({ "events": events }).to_string())
 }
 
 /// True for socket ids of the form Pusher issues: `digits.digits`.
@@ -285,17 +313,23 @@ mod tests {
         );
         assert_eq!(
             ClientMessage::parse(r#"{"event":"pusher:unsubscribe","data":{"channel":"a"}}"#),
-            Ok(ClientMessage::Unsubscribe { channel: "a".into() })
+            Ok(ClientMessage::Unsubscribe {
+                channel: "a".into()
+            })
         );
         assert_eq!(
-            ClientMessage::parse(r#"{"event":"pusher:signin","data":{"auth":"k:s","user_data":"{}"}}"#),
+            ClientMessage::parse(
+                r#"{"event":"pusher:signin","data":{"auth":"k:s","user_data":"{}"}}"#
+            ),
             Ok(ClientMessage::Signin {
                 auth: "k:s".into(),
                 user_data: "{}".into()
             })
         );
         assert_eq!(
-            ClientMessage::parse(r#"{"event":"client-typing","channel":"private-a","data":{"x": 1}}"#),
+            ClientMessage::parse(
+                r#"{"event":"client-typing","channel":"private-a","data":{"x": 1}}"#
+            ),
             Ok(ClientMessage::ClientEvent {
                 event: "client-typing".into(),
                 channel: "private-a".into(),
@@ -340,7 +374,8 @@ mod tests {
         assert_eq!(inner["activity_timeout"], 120);
 
         let ev: serde_json::Value =
-            serde_json::from_str(&channel_event("e\"v", "c", r#""{\"a\":1}""#, Some("u1"))).unwrap();
+            serde_json::from_str(&channel_event("e\"v", "c", r#""{\"a\":1}""#, Some("u1")))
+                .unwrap();
         assert_eq!(ev["event"], "e\"v");
         assert_eq!(ev["data"], r#"{"a":1}"#);
         assert_eq!(ev["user_id"], "u1");

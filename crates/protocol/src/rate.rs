@@ -49,7 +49,9 @@ mod tests {
         assert!(!b.try_take(t0));
         assert!(b.try_take(t0 + Duration::from_millis(100)));
         assert_eq!(
-            (0..20).filter(|_| b.try_take(t0 + Duration::from_secs(5))).count(),
+            (0..20)
+                .filter(|_| b.try_take(t0 + Duration::from_secs(5)))
+                .count(),
             10
         );
     }

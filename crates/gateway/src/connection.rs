@@ -1,0 +1,260 @@
+//! One WebSocket connection: handshake refusal, the reader and the writer.
+//!
+//! fastwebsockets reads and parses client frames; the write half is ours,
+//! because fan-out hands us finished frame bytes shared by many sockets and
+//! fastwebsockets has no call that writes pre-encoded bytes. The writer task
+//! drains the bounded outbox, coalescing queued frames into one write, and
+//! also owns the keep-alive clock (server `pusher:ping`, close 4201), so the
+//! reader never has to cancel a half-read frame to serve a timer.
+
+use crate::peer::Peer;
+use crate::session::Session;
+use crate::Gateway;
+use bytes::{Bytes, BytesMut};
+use herald_protocol::{codes, frame, message};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
+use tokio::sync::mpsc;
+use tokio::time::{timeout, Instant};
+
+type Io = TokioIo<Upgraded>;
+
+/// Largest batch of queued frames coalesced into one write.
+const COALESCE_BYTES: usize = 64 * 1024;
+/// How long a close frame may take to write before the socket is dropped anyway.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A handshake refused with a Pusher error code.
+pub struct Refusal {
+    code: u16,
+    message: String,
+    app: String,
+    label: &'static str,
+}
+
+impl Refusal {
+    pub fn new(code: u16, message: String, app: &str, label: &'static str) -> Self {
+        Self {
+            code,
+            message,
+            app: app.to_owned(),
+            label,
+        }
+    }
+}
+
+/// When the client last sent anything, shared by reader (writes) and writer (reads).
+pub struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+pub async fn run(
+    gateway: Arc<Gateway>,
+    io: Io,
+    admission: Result<Arc<herald_config::AppConfig>, Refusal>,
+) {
+    let (read_half, mut write_half) = tokio::io::split(io);
+    let app = match admission {
+        Ok(app) => app,
+        Err(refusal) => return refuse(&gateway, &mut write_half, refusal).await,
+    };
+    let metrics = gateway.metrics.clone();
+    let socket_id = gateway.next_socket_id();
+    let (outbox, inbox) = mpsc::channel(gateway.settings.outbox_capacity);
+    let slow = metrics
+        .slow_consumer_disconnects
+        .with_label_values(&[&app.id]);
+    let (peer, closed) = Peer::new(socket_id.clone(), outbox, slow);
+    let app_hub = gateway
+        .hub
+        .app(&app.id)
+        .expect("every configured app has a hub");
+    if !app_hub.try_connect(&peer) {
+        let refusal = Refusal::new(
+            codes::OVER_CONNECTION_QUOTA,
+            "Application is over connection quota".into(),
+            &app.id,
+            "over_quota",
+        );
+        return refuse(&gateway, &mut write_half, refusal).await;
+    }
+    metrics.connections.with_label_values(&[&app.id]).inc();
+    metrics
+        .connections_opened
+        .with_label_values(&[&app.id])
+        .inc();
+    tracing::debug!(socket_id = %socket_id, app = %app.id, "connection opened");
+
+    let activity = Arc::new(Activity::new());
+    let writer = tokio::spawn(write_loop(
+        write_half,
+        inbox,
+        peer.clone(),
+        closed.clone(),
+        activity.clone(),
+        gateway.settings.clone(),
+    ));
+    peer.send(frame::text(&message::connection_established(
+        &socket_id,
+        gateway.settings.activity_timeout.as_secs(),
+    )));
+
+    let mut reader = fastwebsockets::after_handshake_split(
+        read_half,
+        tokio::io::sink(),
+        fastwebsockets::Role::Server,
+    )
+    .0;
+    reader.set_auto_close(false);
+    reader.set_auto_pong(false);
+    // fastwebsockets refuses frames whose length is >= this value.
+    reader.set_max_message_size(gateway.settings.max_message_bytes + 1);
+
+    let mut session = Session::new(gateway.clone(), app.clone(), peer.clone(), activity);
+    session.run(&mut reader, closed).await;
+    session.finish().await;
+    app_hub.disconnect(&socket_id);
+    peer.close(codes::WS_NORMAL, "", "client_closed");
+    let reason = peer.close_reason().map_or("client_closed", |r| r.label);
+    drop(peer);
+    let _ = writer.await;
+    metrics.connections.with_label_values(&[&app.id]).dec();
+    metrics
+        .connections_closed
+        .with_label_values(&[&app.id, reason])
+        .inc();
+    tracing::debug!(socket_id = %socket_id, app = %app.id, reason, "connection closed");
+}
+
+/// Sends `pusher:error` and the matching close code, then drops the socket.
+async fn refuse(gateway: &Gateway, write_half: &mut WriteHalf<Io>, refusal: Refusal) {
+    gateway
+        .metrics
+        .connections_refused
+        .with_label_values(&[&refusal.app, refusal.label])
+        .inc();
+    tracing::info!(code = refusal.code, app = %refusal.app, reason = refusal.label, "refusing connection");
+    let mut bytes = BytesMut::new();
+    bytes.extend_from_slice(&frame::text(&message::error(
+        Some(refusal.code),
+        &refusal.message,
+    )));
+    bytes.extend_from_slice(&frame::close(refusal.code, &refusal.message));
+    let _ = timeout(CLOSE_WRITE_TIMEOUT, async {
+        write_half.write_all(&bytes).await?;
+        write_half.shutdown().await
+    })
+    .await;
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut io: W,
+    mut inbox: mpsc::Receiver<Bytes>,
+    peer: Peer,
+    mut closed: tokio::sync::watch::Receiver<Option<crate::peer::CloseReason>>,
+    activity: Arc<Activity>,
+    settings: crate::Settings,
+) {
+    let mut ping_sent: Option<Instant> = None;
+    let mut healthy = true;
+    let mut batch = BytesMut::new();
+    loop {
+        if ping_sent.is_some_and(|t| activity.last() > t) {
+            ping_sent = None;
+        }
+        let deadline = match ping_sent {
+            None => activity.last() + settings.activity_timeout,
+            Some(sent) => sent + settings.pong_timeout,
+        };
+        tokio::select! {
+            biased;
+            _ = closed.changed() => break,
+            next = inbox.recv() => {
+                let Some(first) = next else { break };
+                let outcome = if inbox.is_empty() {
+                    timeout(settings.write_timeout, io.write_all(&first)).await
+                } else {
+                    batch.clear();
+                    batch.extend_from_slice(&first);
+                    while batch.len() < COALESCE_BYTES {
+                        match inbox.try_recv() {
+                            Ok(more) => batch.extend_from_slice(&more),
+                            Err(_) => break,
+                        }
+                    }
+                    timeout(settings.write_timeout, io.write_all(&batch)).await
+                };
+                match outcome {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        healthy = false;
+                        peer.close(codes::WS_NORMAL, "", "write_error");
+                        break;
+                    }
+                    Err(_) => {
+                        healthy = false;
+                        peer.close_slow_consumer("socket write stalled");
+                        break;
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                match ping_sent {
+                    None => {
+                        let ping = frame::text(&message::ping());
+                        if timeout(settings.write_timeout, io.write_all(&ping)).await.is_err() {
+                            healthy = false;
+                            peer.close_slow_consumer("socket write stalled");
+                            break;
+                        }
+                        ping_sent = Some(Instant::now());
+                    }
+                    Some(sent) if activity.last() <= sent => {
+                        peer.close(codes::PONG_NOT_RECEIVED, "Pong reply not received", "pong_timeout");
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    let Some(reason) = peer.close_reason().filter(|_| healthy) else {
+        return;
+    };
+    // Flush what was queued before the close (e.g. the `pusher:error` explaining
+    // it), except for a slow consumer, whose backlog is the problem.
+    batch.clear();
+    if reason.label != "slow_consumer" {
+        while let Ok(queued) = inbox.try_recv() {
+            batch.extend_from_slice(&queued);
+        }
+    }
+    batch.extend_from_slice(&frame::close(reason.code, &reason.message));
+    let _ = timeout(CLOSE_WRITE_TIMEOUT, async {
+        io.write_all(&batch).await?;
+        io.shutdown().await
+    })
+    .await;
+}

@@ -1,0 +1,276 @@
+//! This node's registry of sockets by app, channel and user, and the fan-out.
+//!
+//! The hub is the bus [`Sink`]: for each delivered event it builds the Pusher
+//! JSON and the WebSocket frame once, then queues the same bytes on every
+//! local subscriber except the excluded socket. Per-subscriber work is a
+//! reference-count increment and a non-blocking queue push.
+
+use crate::peer::Peer;
+use bytes::Bytes;
+use herald_bus::{unix_millis, BusMessage, Envelope, Sink};
+use herald_config::AppConfig;
+use herald_metrics::Metrics;
+use herald_protocol::channel::WATCHLIST_PREFIX;
+use herald_protocol::{codes, frame, message};
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+type Sockets = HashMap<Arc<str>, Peer>;
+
+/// One app's local sockets.
+pub struct AppHub {
+    pub config: Arc<AppConfig>,
+    connections: AtomicUsize,
+    /// Every open connection, for shutdown.
+    peers: RwLock<Sockets>,
+    /// Subscribers per channel (including internal `#` routing channels).
+    channels: RwLock<HashMap<String, Sockets>>,
+    /// Signed-in sockets per user id, for `terminate_connections`.
+    users: RwLock<HashMap<String, Sockets>>,
+}
+
+fn insert(map: &RwLock<HashMap<String, Sockets>>, key: &str, peer: &Peer) -> bool {
+    let mut map = map.write();
+    let sockets = map.entry(key.to_owned()).or_default();
+    let first = sockets.is_empty();
+    sockets.insert(peer.socket_id().clone(), peer.clone());
+    first
+}
+
+fn remove(map: &RwLock<HashMap<String, Sockets>>, key: &str, socket_id: &str) -> bool {
+    let mut map = map.write();
+    let Some(sockets) = map.get_mut(key) else {
+        return false;
+    };
+    if sockets.remove(socket_id).is_none() {
+        return false;
+    }
+    let last = sockets.is_empty();
+    if last {
+        map.remove(key);
+    }
+    last
+}
+
+impl AppHub {
+    fn new(config: Arc<AppConfig>) -> Self {
+        Self {
+            config,
+            connections: AtomicUsize::new(0),
+            peers: RwLock::default(),
+            channels: RwLock::default(),
+            users: RwLock::default(),
+        }
+    }
+
+    /// Reserves a connection slot; false when the app is at its quota.
+    pub fn try_connect(&self, peer: &Peer) -> bool {
+        let max = self.config.max_connections;
+        let before = self.connections.fetch_add(1, Ordering::SeqCst);
+        if max > 0 && before >= max {
+            self.connections.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        self.peers
+            .write()
+            .insert(peer.socket_id().clone(), peer.clone());
+        true
+    }
+
+    pub fn disconnect(&self, socket_id: &str) {
+        if self.peers.write().remove(socket_id).is_some() {
+            self.connections.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Adds a socket to a channel; true if it is the channel's first local subscriber.
+    pub fn join_channel(&self, channel: &str, peer: &Peer) -> bool {
+        insert(&self.channels, channel, peer)
+    }
+
+    /// Removes a socket from a channel; true if it was the last local subscriber.
+    pub fn leave_channel(&self, channel: &str, socket_id: &str) -> bool {
+        remove(&self.channels, channel, socket_id)
+    }
+
+    pub fn add_user(&self, user_id: &str, peer: &Peer) {
+        insert(&self.users, user_id, peer);
+    }
+
+    pub fn remove_user(&self, user_id: &str, socket_id: &str) {
+        remove(&self.users, user_id, socket_id);
+    }
+
+    fn close_all(&self, code: u16, message: &str, label: &'static str) {
+        for peer in self.peers.read().values() {
+            peer.close(code, message, label);
+        }
+    }
+
+    /// Queues `frame` on every subscriber of `channel` but `except`; returns how many got it.
+    fn fan_out(&self, channel: &str, except: Option<&str>, frame: &Bytes) -> usize {
+        let channels = self.channels.read();
+        let Some(sockets) = channels.get(channel) else {
+            return 0;
+        };
+        sockets
+            .iter()
+            .filter(|(id, _)| Some(&***id) != except)
+            .filter(|(_, peer)| peer.send(frame.clone()))
+            .count()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// All apps' local sockets; the gateway side of the bus.
+pub struct Hub {
+    apps: HashMap<String, AppHub>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(apps: &[Arc<AppConfig>], metrics: Arc<Metrics>) -> Self {
+        Self {
+            apps: apps
+                .iter()
+                .map(|a| (a.id.clone(), AppHub::new(a.clone())))
+                .collect(),
+            metrics,
+        }
+    }
+
+    pub fn app(&self, app_id: &str) -> Option<&AppHub> {
+        self.apps.get(app_id)
+    }
+
+    /// Closes every connection of every app (shutdown).
+    pub fn close_all(&self, code: u16, message: &str, label: &'static str) {
+        for app in self.apps.values() {
+            app.close_all(code, message, label);
+        }
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.apps.values().map(AppHub::connection_count).sum()
+    }
+
+    fn deliver_event(&self, env: &Envelope) {
+        let Some(app) = self.apps.get(&env.app) else {
+            return;
+        };
+        // Internal watchlist routing channels are not shown to clients.
+        let channel = (!env.channel.starts_with(WATCHLIST_PREFIX)).then_some(env.channel.as_str());
+        let text = message::event_message(&env.event, channel, &env.data, env.user_id.as_deref());
+        let frame = frame::text(&text);
+        let delivered = app.fan_out(&env.channel, env.except_socket.as_deref(), &frame);
+        if delivered > 0 {
+            let kind = if env.event.starts_with("pusher_internal:") {
+                "internal"
+            } else if env.event.starts_with("client-") {
+                "client_event"
+            } else {
+                "event"
+            };
+            self.metrics
+                .messages_sent
+                .with_label_values(&[&env.app, kind])
+                .inc_by(delivered as u64);
+            self.metrics
+                .bytes_sent
+                .with_label_values(&[&env.app])
+                .inc_by((delivered * frame.len()) as u64);
+            let age_ms = unix_millis().saturating_sub(env.published_at_ms);
+            self.metrics
+                .delivery_latency
+                .with_label_values(&[&env.app])
+                .observe(age_ms as f64 / 1000.0);
+        }
+    }
+}
+
+impl Sink for Hub {
+    fn deliver(&self, message: &BusMessage) {
+        match message {
+            BusMessage::Event(env) => self.deliver_event(env),
+            BusMessage::TerminateUser { app, user_id } => {
+                let Some(app) = self.apps.get(app) else {
+                    return;
+                };
+                for peer in app
+                    .users
+                    .read()
+                    .get(user_id)
+                    .into_iter()
+                    .flat_map(|s| s.values())
+                {
+                    peer.close(
+                        codes::UNAUTHORIZED,
+                        "connections terminated by the server",
+                        "terminated",
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    fn peer(id: &str, capacity: usize) -> (Peer, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let counter = prometheus::IntCounter::new("t", "t").unwrap();
+        (Peer::new(id.into(), tx, counter).0, rx)
+    }
+
+    #[test]
+    fn fan_out_shares_one_frame_and_skips_the_excluded_socket() {
+        let app = Arc::new(AppConfig::new("1", "k", "s"));
+        let hub = Hub::new(&[app], Arc::new(Metrics::new()));
+        let a = hub.app("1").unwrap();
+        let (p1, mut r1) = peer("1.1", 4);
+        let (p2, mut r2) = peer("1.2", 4);
+        assert!(a.join_channel("c", &p1));
+        assert!(!a.join_channel("c", &p2));
+        hub.deliver(&BusMessage::Event(
+            Envelope::new("1", "c", "e", r#""x""#.into()).except(Some("1.2".into())),
+        ));
+        hub.deliver(&BusMessage::Event(Envelope::new(
+            "1",
+            "c",
+            "e2",
+            r#""y""#.into(),
+        )));
+        let f1 = r1.try_recv().unwrap();
+        assert_eq!(&f1[2..], br#"{"event":"e","channel":"c","data":"x"}"#);
+        let g1 = r1.try_recv().unwrap();
+        let g2 = r2.try_recv().unwrap();
+        // The same allocation serves both sockets.
+        assert_eq!(g1.as_ptr(), g2.as_ptr());
+        assert!(r2.try_recv().is_err());
+        assert!(!a.leave_channel("c", "1.1"));
+        assert!(a.leave_channel("c", "1.2"));
+    }
+
+    #[test]
+    fn connection_quota() {
+        let mut cfg = AppConfig::new("1", "k", "s");
+        cfg.max_connections = 1;
+        let hub = Hub::new(&[Arc::new(cfg)], Arc::new(Metrics::new()));
+        let a = hub.app("1").unwrap();
+        let (p1, _r1) = peer("1.1", 1);
+        let (p2, _r2) = peer("1.2", 1);
+        assert!(a.try_connect(&p1));
+        assert!(!a.try_connect(&p2));
+        a.disconnect("1.1");
+        assert!(a.try_connect(&p2));
+        assert_eq!(hub.connection_count(), 1);
+    }
+}
