@@ -9,6 +9,8 @@
 //! [`Bus::set_interest`], so a clustered bus only ever delivers a channel's
 //! traffic to nodes that need it.
 
+pub mod subject;
+
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, OnceLock};
@@ -103,7 +105,10 @@ pub trait Bus: Send + Sync {
     fn publish(&self, message: BusMessage) -> BoxFuture<'static, Result<(), BusError>>;
 
     /// Declares whether this node has local subscribers for (app, channel).
-    fn set_interest(&self, app: &str, channel: &str, interested: bool);
+    /// Idempotent. With `true`, the returned future resolves once the bus
+    /// delivers the channel's messages to this node, so a subscriber
+    /// acknowledged after it cannot miss an event published after that.
+    fn set_interest(&self, app: &str, channel: &str, interested: bool) -> BoxFuture<'static, ()>;
 }
 
 /// The in-process bus of `herald standalone`: delivery is a direct call.
@@ -135,7 +140,14 @@ impl Bus for LocalBus {
 
     /// Every message reaches the single local gateway, which filters by its
     /// own subscriptions, so interest needs no bookkeeping here.
-    fn set_interest(&self, _app: &str, _channel: &str, _interested: bool) {}
+    fn set_interest(
+        &self,
+        _app: &str,
+        _channel: &str,
+        _interested: bool,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -7,9 +7,11 @@
 
 use crate::peer::Peer;
 use bytes::Bytes;
-use herald_bus::{unix_millis, BusMessage, Envelope, Sink};
+use futures::future::BoxFuture;
+use herald_bus::{unix_millis, Bus, BusMessage, Envelope, Sink};
 use herald_config::AppConfig;
 use herald_metrics::Metrics;
+use herald_presence::{Listener, Transition};
 use herald_protocol::channel::WATCHLIST_PREFIX;
 use herald_protocol::{codes, frame, message};
 use parking_lot::RwLock;
@@ -22,6 +24,7 @@ type Sockets = HashMap<Arc<str>, Peer>;
 /// One app's local sockets.
 pub struct AppHub {
     pub config: Arc<AppConfig>,
+    bus: Arc<dyn Bus>,
     connections: AtomicUsize,
     /// Every open connection, for shutdown.
     peers: RwLock<Sockets>,
@@ -31,33 +34,43 @@ pub struct AppHub {
     users: RwLock<HashMap<String, Sockets>>,
 }
 
-fn insert(map: &RwLock<HashMap<String, Sockets>>, key: &str, peer: &Peer) -> bool {
+/// Adds `peer` under `key`; `on_insert` runs while the map is still locked.
+fn insert<R>(
+    map: &RwLock<HashMap<String, Sockets>>,
+    key: &str,
+    peer: &Peer,
+    on_insert: impl FnOnce() -> R,
+) -> R {
     let mut map = map.write();
-    let sockets = map.entry(key.to_owned()).or_default();
-    let first = sockets.is_empty();
-    sockets.insert(peer.socket_id().clone(), peer.clone());
-    first
+    map.entry(key.to_owned())
+        .or_default()
+        .insert(peer.socket_id().clone(), peer.clone());
+    on_insert()
 }
 
-fn remove(map: &RwLock<HashMap<String, Sockets>>, key: &str, socket_id: &str) -> bool {
+/// Removes `socket_id` from `key`; `on_last` runs, still under the lock, if
+/// it was the last socket there.
+fn remove(
+    map: &RwLock<HashMap<String, Sockets>>,
+    key: &str,
+    socket_id: &str,
+    on_last: impl FnOnce(),
+) {
     let mut map = map.write();
     let Some(sockets) = map.get_mut(key) else {
-        return false;
+        return;
     };
-    if sockets.remove(socket_id).is_none() {
-        return false;
-    }
-    let last = sockets.is_empty();
-    if last {
+    if sockets.remove(socket_id).is_some() && sockets.is_empty() {
         map.remove(key);
+        on_last();
     }
-    last
 }
 
 impl AppHub {
-    fn new(config: Arc<AppConfig>) -> Self {
+    fn new(config: Arc<AppConfig>, bus: Arc<dyn Bus>) -> Self {
         Self {
             config,
+            bus,
             connections: AtomicUsize::new(0),
             peers: RwLock::default(),
             channels: RwLock::default(),
@@ -85,22 +98,28 @@ impl AppHub {
         }
     }
 
-    /// Adds a socket to a channel; true if it is the channel's first local subscriber.
-    pub fn join_channel(&self, channel: &str, peer: &Peer) -> bool {
-        insert(&self.channels, channel, peer)
+    /// Adds a socket to a channel and declares the node's bus interest. The
+    /// interest changes under the same lock as the registry, so they can
+    /// never disagree. The future resolves when the bus delivers the channel.
+    pub fn join_channel(&self, channel: &str, peer: &Peer) -> BoxFuture<'static, ()> {
+        insert(&self.channels, channel, peer, || {
+            self.bus.set_interest(&self.config.id, channel, true)
+        })
     }
 
-    /// Removes a socket from a channel; true if it was the last local subscriber.
-    pub fn leave_channel(&self, channel: &str, socket_id: &str) -> bool {
-        remove(&self.channels, channel, socket_id)
+    /// Removes a socket from a channel, dropping the bus interest with the last one.
+    pub fn leave_channel(&self, channel: &str, socket_id: &str) {
+        remove(&self.channels, channel, socket_id, || {
+            drop(self.bus.set_interest(&self.config.id, channel, false))
+        })
     }
 
     pub fn add_user(&self, user_id: &str, peer: &Peer) {
-        insert(&self.users, user_id, peer);
+        insert(&self.users, user_id, peer, || ());
     }
 
     pub fn remove_user(&self, user_id: &str, socket_id: &str) {
-        remove(&self.users, user_id, socket_id);
+        remove(&self.users, user_id, socket_id, || ());
     }
 
     fn close_all(&self, code: u16, message: &str, label: &'static str) {
@@ -134,11 +153,11 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(apps: &[Arc<AppConfig>], metrics: Arc<Metrics>) -> Self {
+    pub fn new(apps: &[Arc<AppConfig>], bus: Arc<dyn Bus>, metrics: Arc<Metrics>) -> Self {
         Self {
             apps: apps
                 .iter()
-                .map(|a| (a.id.clone(), AppHub::new(a.clone())))
+                .map(|a| (a.id.clone(), AppHub::new(a.clone(), bus.clone())))
                 .collect(),
             metrics,
         }
@@ -193,6 +212,71 @@ impl Hub {
     }
 }
 
+impl Listener for Hub {
+    /// Cluster-wide state transitions, told to this node's sockets only:
+    /// every node gets the same transitions, so every socket hears each once.
+    fn on_transition(&self, transition: &Transition) {
+        let (app, channel, event, data) = match transition {
+            Transition::MemberAdded {
+                app,
+                channel,
+                user,
+                info,
+            } => (
+                app,
+                channel.clone(),
+                "pusher_internal:member_added",
+                message::member_added_data(user, info),
+            ),
+            Transition::MemberRemoved { app, channel, user } => (
+                app,
+                channel.clone(),
+                "pusher_internal:member_removed",
+                message::member_removed_data(user),
+            ),
+            Transition::SubscriptionCount {
+                app,
+                channel,
+                count,
+            } => {
+                let wanted = self
+                    .apps
+                    .get(app)
+                    .is_some_and(|a| a.config.subscription_count);
+                if !wanted || channel.starts_with("presence-") {
+                    return;
+                }
+                (
+                    app,
+                    channel.clone(),
+                    "pusher_internal:subscription_count",
+                    message::subscription_count_data(*count),
+                )
+            }
+            Transition::UserOnline { app, user } | Transition::UserOffline { app, user } => {
+                let name = if matches!(transition, Transition::UserOnline { .. }) {
+                    "online"
+                } else {
+                    "offline"
+                };
+                let data = message::watchlist_data(&[(name, std::slice::from_ref(user))]);
+                (
+                    app,
+                    watchlist_channel(user),
+                    "pusher_internal:watchlist_events",
+                    data,
+                )
+            }
+        };
+        self.deliver_event(&Envelope::new(app, &channel, event, data));
+    }
+}
+
+/// The internal routing channel on which `user_id`'s watchers listen.
+pub fn watchlist_channel(user_id: &str) -> String {
+    format!("{WATCHLIST_PREFIX}{user_id}")
+}
+
 impl Sink for Hub {
     fn deliver(&self, message: &BusMessage) {
         match message {
@@ -233,12 +317,16 @@ mod tests {
     #[test]
     fn fan_out_shares_one_frame_and_skips_the_excluded_socket() {
         let app = Arc::new(AppConfig::new("1", "k", "s"));
-        let hub = Hub::new(&[app], Arc::new(Metrics::new()));
+        let hub = Hub::new(
+            &[app],
+            Arc::new(herald_bus::LocalBus::default()),
+            Arc::new(Metrics::new()),
+        );
         let a = hub.app("1").unwrap();
         let (p1, mut r1) = peer("1.1", 4);
         let (p2, mut r2) = peer("1.2", 4);
-        assert!(a.join_channel("c", &p1));
-        assert!(!a.join_channel("c", &p2));
+        drop(a.join_channel("c", &p1));
+        drop(a.join_channel("c", &p2));
         hub.deliver(&BusMessage::Event(
             Envelope::new("1", "c", "e", r#""x""#.into()).except(Some("1.2".into())),
         ));
@@ -255,15 +343,26 @@ mod tests {
         // The same allocation serves both sockets.
         assert_eq!(g1.as_ptr(), g2.as_ptr());
         assert!(r2.try_recv().is_err());
-        assert!(!a.leave_channel("c", "1.1"));
-        assert!(a.leave_channel("c", "1.2"));
+        a.leave_channel("c", "1.1");
+        a.leave_channel("c", "1.2");
+        hub.deliver(&BusMessage::Event(Envelope::new(
+            "1",
+            "c",
+            "e3",
+            r#""z""#.into(),
+        )));
+        assert!(r1.try_recv().is_err() && r2.try_recv().is_err());
     }
 
     #[test]
     fn connection_quota() {
         let mut cfg = AppConfig::new("1", "k", "s");
         cfg.max_connections = 1;
-        let hub = Hub::new(&[Arc::new(cfg)], Arc::new(Metrics::new()));
+        let hub = Hub::new(
+            &[Arc::new(cfg)],
+            Arc::new(herald_bus::LocalBus::default()),
+            Arc::new(Metrics::new()),
+        );
         let a = hub.app("1").unwrap();
         let (p1, _r1) = peer("1.1", 1);
         let (p2, _r2) = peer("1.2", 1);

@@ -71,7 +71,7 @@ impl Gateway {
         Arc::new(Self {
             settings,
             apps_by_key: apps.iter().map(|a| (a.key.clone(), a.clone())).collect(),
-            hub: Arc::new(Hub::new(apps, metrics.clone())),
+            hub: Arc::new(Hub::new(apps, bus.clone(), metrics.clone())),
             state,
             bus,
             metrics,

@@ -6,13 +6,14 @@
 //! ended.
 
 use crate::connection::Activity;
+use crate::hub::watchlist_channel;
 use crate::peer::{CloseReason, Peer};
 use crate::Gateway;
 use fastwebsockets::{OpCode, WebSocketError, WebSocketRead};
 use herald_bus::{BusMessage, Envelope};
 use herald_config::AppConfig;
 use herald_presence::JoinError;
-use herald_protocol::channel::{ChannelKind, MAX_EVENT_NAME_LEN, WATCHLIST_PREFIX};
+use herald_protocol::channel::{ChannelKind, MAX_EVENT_NAME_LEN};
 use herald_protocol::message::{self, ClientMessage, Subscribe};
 use herald_protocol::rate::TokenBucket;
 use herald_protocol::{auth, codes, frame, ChannelName};
@@ -83,10 +84,6 @@ fn user_id_of(value: &serde_json::Value) -> Option<String> {
         _ => return None,
     };
     (!id.is_empty() && id.chars().count() <= MAX_USER_ID_LEN).then_some(id)
-}
-
-fn watchlist_channel(user_id: &str) -> String {
-    format!("{WATCHLIST_PREFIX}{user_id}")
 }
 
 impl Session {
@@ -322,19 +319,21 @@ impl Session {
         self.send_text(&message::subscription_error(channel, kind, error, status));
     }
 
-    /// Adds this socket to a local routing entry, declaring bus interest on the first one.
-    fn join_local(&self, channel: &str) {
-        let hub = self.gateway.hub.app(&self.app.id).expect("app hub");
-        if hub.join_channel(channel, &self.peer) {
-            self.gateway.bus.set_interest(&self.app.id, channel, true);
-        }
+    fn app_hub(&self) -> &crate::hub::AppHub {
+        self.gateway
+            .hub
+            .app(&self.app.id)
+            .expect("every configured app has a hub")
+    }
+
+    /// Adds this socket to a local routing entry and waits until the bus
+    /// delivers that channel here.
+    async fn join_local(&self, channel: &str) {
+        self.app_hub().join_channel(channel, &self.peer).await;
     }
 
     fn leave_local(&self, channel: &str) {
-        let hub = self.gateway.hub.app(&self.app.id).expect("app hub");
-        if hub.leave_channel(channel, self.peer.socket_id()) {
-            self.gateway.bus.set_interest(&self.app.id, channel, false);
-        }
+        self.app_hub().leave_channel(channel, self.peer.socket_id());
     }
 
     async fn publish(&self, envelope: Envelope) {
@@ -431,45 +430,49 @@ impl Session {
                 );
                 return self.subscription_error(channel, "LimitReached", &why, 413);
             }
-            match self.gateway.state.join(
+            // member_added reaches the other subscribers during the join; this
+            // socket joins the local fan-out only afterwards, so it never hears
+            // about itself.
+            let joined = self.gateway.state.join(
                 &self.app.id,
                 channel,
                 &user_id,
                 info,
                 self.app.max_presence_members,
-            ) {
-                Ok(first) => {
-                    if first {
-                        let data = message::member_added_data(&user_id, info);
-                        let added = Envelope::new(
-                            &self.app.id,
-                            channel,
-                            "pusher_internal:member_added",
-                            data,
-                        );
-                        self.publish(added.except(Some(socket_id.to_string())))
-                            .await;
-                    }
-                }
-                Err(JoinError::Full { max }) => {
-                    let why = format!("presence channel is full ({max} members)");
-                    return self.subscription_error(channel, "LimitReached", &why, 403);
-                }
+            );
+            if let Err(JoinError::Full { max }) = joined.await {
+                let why = format!("presence channel is full ({max} members)");
+                return self.subscription_error(channel, "LimitReached", &why, 403);
             }
             presence_user = Some(user_id);
         }
         self.authorized |= name.requires_auth();
-        self.join_local(channel);
+        self.join_local(channel).await;
         self.gateway
             .metrics
             .subscriptions
             .with_label_values(&[&self.app.id])
             .inc();
-        let count = self.gateway.state.subscribe(&self.app.id, channel);
+        self.gateway.state.subscribe(&self.app.id, channel).await;
         let presence = name
             .is_presence()
             .then(|| self.gateway.state.presence_data(&self.app.id, channel));
         self.send_text(&message::subscription_succeeded(channel, presence));
+        if self.app.subscription_count && !name.is_presence() {
+            // The others heard the new count during subscribe(); this socket joined after.
+            let count = self
+                .gateway
+                .state
+                .channel(&self.app.id, channel)
+                .subscription_count;
+            let data = message::subscription_count_data(count);
+            self.send_text(&message::channel_event(
+                "pusher_internal:subscription_count",
+                channel,
+                &data,
+                None,
+            ));
+        }
         if name.is_cache() {
             match self.gateway.state.cache(&self.app.id, channel) {
                 Some(cached) => self.send_text(&message::channel_event(
@@ -481,7 +484,6 @@ impl Session {
                 None => self.send_text(&message::cache_miss(channel)),
             }
         }
-        let is_presence = name.is_presence();
         self.subscriptions.insert(
             channel.to_owned(),
             Subscription {
@@ -489,23 +491,6 @@ impl Session {
                 presence_user,
             },
         );
-        if !is_presence {
-            self.announce_count(channel, count).await;
-        }
-    }
-
-    /// `pusher_internal:subscription_count`, when the app asks for it.
-    async fn announce_count(&self, channel: &str, count: usize) {
-        if self.app.subscription_count {
-            let data = message::subscription_count_data(count);
-            self.publish(Envelope::new(
-                &self.app.id,
-                channel,
-                "pusher_internal:subscription_count",
-                data,
-            ))
-            .await;
-        }
     }
 
     async fn unsubscribe(&mut self, channel: &str) {
@@ -518,22 +503,13 @@ impl Session {
             .subscriptions
             .with_label_values(&[&self.app.id])
             .dec();
-        let count = self.gateway.state.unsubscribe(&self.app.id, channel);
-        match sub.presence_user {
-            Some(user_id) => {
-                if self.gateway.state.leave(&self.app.id, channel, &user_id) {
-                    let data = message::member_removed_data(&user_id);
-                    self.publish(Envelope::new(
-                        &self.app.id,
-                        channel,
-                        "pusher_internal:member_removed",
-                        data,
-                    ))
-                    .await;
-                }
-            }
-            None => self.announce_count(channel, count).await,
+        if let Some(user_id) = sub.presence_user {
+            self.gateway
+                .state
+                .leave(&self.app.id, channel, &user_id)
+                .await;
         }
+        self.gateway.state.unsubscribe(&self.app.id, channel).await;
     }
 
     /// `pusher:signin`. A refused sign-in answers `pusher:error` 4009 and
@@ -573,11 +549,11 @@ impl Session {
             self.send_error(Some(codes::WATCHLIST_TOO_LONG), &why);
             watchlist.truncate(MAX_WATCHLIST);
         }
-        let hub = self.gateway.hub.app(&self.app.id).expect("app hub");
-        hub.add_user(&id, &self.peer);
-        self.join_local(ChannelName::server_to_user(&id).as_str());
+        self.app_hub().add_user(&id, &self.peer);
+        self.join_local(ChannelName::server_to_user(&id).as_str())
+            .await;
         for watched in &watchlist {
-            self.join_local(&watchlist_channel(watched));
+            self.join_local(&watchlist_channel(watched)).await;
         }
         self.authorized = true;
         self.send_text(&message::signin_success(user_data));
@@ -597,27 +573,13 @@ impl Session {
                 None,
             ));
         }
-        if self.gateway.state.user_online(&self.app.id, &id) {
-            self.announce_presence(&id, "online").await;
-        }
+        self.gateway.state.user_online(&self.app.id, &id).await;
         let info = data.user_info.map(|raw| raw.get().to_owned());
         self.user = Some(User {
             id,
             info,
             watchlist,
         });
-    }
-
-    /// Tells the watchers of `user_id` that it came online or went offline.
-    async fn announce_presence(&self, user_id: &str, name: &str) {
-        let data = message::watchlist_data(&[(name, &[user_id.to_owned()])]);
-        let event = Envelope::new(
-            &self.app.id,
-            &watchlist_channel(user_id),
-            "pusher_internal:watchlist_events",
-            data,
-        );
-        self.publish(event).await;
     }
 
     async fn client_event(&mut self, event: String, channel: String, data: String) {
@@ -657,7 +619,8 @@ impl Session {
         if sub.name.is_cache() {
             self.gateway
                 .state
-                .set_cache(&self.app.id, &channel, &event, &data);
+                .set_cache(&self.app.id, &channel, &event, &data)
+                .await;
         }
         let envelope = Envelope::new(&self.app.id, &channel, &event, data)
             .except(Some(self.peer.socket_id().to_string()))
@@ -672,15 +635,15 @@ impl Session {
             self.unsubscribe(&channel).await;
         }
         if let Some(user) = self.user.take() {
-            let hub = self.gateway.hub.app(&self.app.id).expect("app hub");
-            hub.remove_user(&user.id, self.peer.socket_id());
+            self.app_hub().remove_user(&user.id, self.peer.socket_id());
             self.leave_local(ChannelName::server_to_user(&user.id).as_str());
             for watched in &user.watchlist {
                 self.leave_local(&watchlist_channel(watched));
             }
-            if self.gateway.state.user_offline(&self.app.id, &user.id) {
-                self.announce_presence(&user.id, "offline").await;
-            }
+            self.gateway
+                .state
+                .user_offline(&self.app.id, &user.id)
+                .await;
         }
     }
 }

@@ -127,7 +127,7 @@ async fn standalone(args: CommonArgs, config: Config, source: AppSource) -> anyh
 
     let apps: Vec<_> = config.apps.iter().cloned().map(Arc::new).collect();
     let metrics = Arc::new(Metrics::new());
-    let state = Arc::new(ChannelState::default());
+    let state = Arc::new(ChannelState::in_memory());
     let bus = Arc::new(LocalBus::default());
     let dyn_bus: Arc<dyn Bus> = bus.clone();
     let gateway = Gateway::new(
@@ -138,7 +138,8 @@ async fn standalone(args: CommonArgs, config: Config, source: AppSource) -> anyh
         metrics.clone(),
     );
     bus.attach(gateway.hub());
-    let ingest = Arc::new(Ingest::new(&apps, state, dyn_bus, metrics.clone()));
+    state.set_listener(gateway.hub());
+    let ingest = Arc::new(Ingest::new(&apps, state.clone(), dyn_bus, metrics.clone()));
 
     let listener = TcpListener::bind(bind)
         .await

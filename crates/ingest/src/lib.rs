@@ -368,7 +368,8 @@ impl Ingest {
         for p in pubs {
             if p.channel.is_cache() {
                 self.state
-                    .set_cache(&app.id, p.channel.as_str(), &p.event, &p.data);
+                    .set_cache(&app.id, p.channel.as_str(), &p.event, &p.data)
+                    .await;
             }
             let envelope = Envelope::new(&app.id, p.channel.as_str(), &p.event, p.data.clone())
                 .except(p.except_socket.clone());

@@ -1,67 +1,29 @@
 //! Channel occupancy, presence members, cached events and online users.
 //!
-//! This is the state Pusher defines cluster-wide: `member_added` fires for a
-//! user's first connection anywhere, and the HTTP API counts every
-//! subscriber. Standalone keeps it in this in-memory [`ChannelState`], shared
-//! by the gateway (which writes it as sockets come and go) and the ingest
-//! (which answers channel queries from it). It is kept apart from the
-//! gateway's socket registry so that a replicated store can take its place
-//! in cluster mode without touching fan-out.
+//! Pusher defines these cluster-wide: `member_added` fires for a user's first
+//! connection anywhere, and the HTTP API counts every subscriber.
+//! [`ChannelState`] is the one interface the gateway and the ingest use. It
+//! keeps this node's own counts, writes the entries this node owns, and
+//! answers reads from a [`View`] of everyone's entries. Transitions in that
+//! view (member added or removed, subscription count, user online or offline)
+//! are handed to a [`Listener`], the gateway's fan-out, which tells local
+//! sockets. Standalone applies writes to the view directly; cluster mode
+//! replicates them through JetStream KV (see `kv`) and applies them as the
+//! watch delivers them, in the same order on every node.
 
-use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+pub mod view;
+
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+pub use view::{CachedEvent, Change, ChannelSummary, Transition, View};
 
 /// How long a cache channel keeps its last event (Pusher: 30 minutes).
-pub const CACHE_TTL: Duration = Duration::from_secs(30 * 60);
+pub const CACHE_TTL_MS: u64 = 30 * 60 * 1000;
 
-#[derive(Default)]
-pub struct ChannelState {
-    apps: Mutex<HashMap<String, AppState>>,
-}
-
-#[derive(Default)]
-struct AppState {
-    channels: HashMap<String, Channel>,
-    /// Signed-in connections per user id.
-    online: HashMap<String, usize>,
-}
-
-#[derive(Default)]
-struct Channel {
-    subscriptions: usize,
-    /// Ordered so member lists are stable.
-    members: BTreeMap<String, Member>,
-    cache: Option<CachedEvent>,
-}
-
-impl Channel {
-    fn is_empty(&self) -> bool {
-        self.subscriptions == 0 && self.members.is_empty() && self.cache.is_none()
-    }
-}
-
-struct Member {
-    /// Raw JSON of `user_info` as the member's `channel_data` carried it.
-    info: String,
-    connections: usize,
-}
-
-/// The last event published to a cache channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CachedEvent {
-    pub event: String,
-    /// Raw JSON of `data`.
-    pub data: String,
-    stored: Instant,
-}
-
-/// What the HTTP API reports about a channel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelSummary {
-    pub name: String,
-    pub subscription_count: usize,
-    pub user_count: usize,
+/// Receives the view's transitions (the gateway's local fan-out).
+pub trait Listener: Send + Sync {
+    fn on_transition(&self, transition: &Transition);
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,278 +32,285 @@ pub enum JoinError {
     Full { max: usize },
 }
 
-impl ChannelState {
-    fn with_channel<R>(&self, app: &str, channel: &str, f: impl FnOnce(&mut Channel) -> R) -> R {
-        let mut apps = self.apps.lock();
-        let state = apps.entry(app.to_owned()).or_default();
-        let entry = state.channels.entry(channel.to_owned()).or_default();
-        let result = f(entry);
-        if entry.is_empty() {
-            state.channels.remove(channel);
+/// This node's own reference counts; only the first and last of each write to the view.
+#[derive(Default)]
+struct Local {
+    subscriptions: HashMap<(String, String), usize>,
+    members: HashMap<(String, String, String), usize>,
+    online: HashMap<(String, String), usize>,
+}
+
+/// The shared view plus where transitions go.
+#[derive(Default)]
+struct Replica {
+    view: RwLock<View>,
+    listener: OnceLock<Arc<dyn Listener>>,
+}
+
+impl Replica {
+    fn apply(&self, change: Change) {
+        let transition = self.view.write().apply(change);
+        if let (Some(t), Some(listener)) = (transition, self.listener.get()) {
+            listener.on_transition(&t);
         }
-        result
+    }
+}
+
+pub struct ChannelState {
+    node: String,
+    replica: Arc<Replica>,
+    /// Serialises this node's writes, so a put and the delete that follows it
+    /// can never reach the store in the other order.
+    local: tokio::sync::Mutex<Local>,
+}
+
+fn bump<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: K, up: bool) -> usize {
+    let count = map.entry(key).or_default();
+    *count = if up {
+        *count + 1
+    } else {
+        count.saturating_sub(1)
+    };
+    *count
+}
+
+fn drop_zero<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+    if map.get(key) == Some(&0) {
+        map.remove(key);
+    }
+}
+
+impl ChannelState {
+    /// The standalone state: one node, writes applied at once.
+    pub fn in_memory() -> Self {
+        Self {
+            node: "local".into(),
+            replica: Arc::default(),
+            local: Default::default(),
+        }
     }
 
-    /// Counts one more subscribed connection; returns the new count.
-    pub fn subscribe(&self, app: &str, channel: &str) -> usize {
-        self.with_channel(app, channel, |c| {
-            c.subscriptions += 1;
-            c.subscriptions
+    /// Where transitions go; set once, before traffic.
+    pub fn set_listener(&self, listener: Arc<dyn Listener>) {
+        if self.replica.listener.set(listener).is_err() {
+            panic!("ChannelState::set_listener called twice");
+        }
+    }
+
+    async fn write(&self, change: Change) {
+        self.replica.apply(change);
+    }
+
+    fn view(&self) -> parking_lot::RwLockReadGuard<'_, View> {
+        self.replica.view.read()
+    }
+
+    /// Counts one more local subscription to `channel`.
+    pub async fn subscribe(&self, app: &str, channel: &str) {
+        self.change_subscriptions(app, channel, true).await;
+    }
+
+    /// Counts one local subscription less.
+    pub async fn unsubscribe(&self, app: &str, channel: &str) {
+        self.change_subscriptions(app, channel, false).await;
+    }
+
+    async fn change_subscriptions(&self, app: &str, channel: &str, up: bool) {
+        let mut local = self.local.lock().await;
+        let key = (app.to_owned(), channel.to_owned());
+        let count = bump(&mut local.subscriptions, key.clone(), up);
+        drop_zero(&mut local.subscriptions, &key);
+        let (app, channel) = key;
+        self.write(Change::Subscriptions {
+            app,
+            channel,
+            node: self.node.clone(),
+            count,
         })
+        .await;
     }
 
-    /// Counts one subscribed connection less; returns the new count.
-    pub fn unsubscribe(&self, app: &str, channel: &str) -> usize {
-        self.with_channel(app, channel, |c| {
-            c.subscriptions = c.subscriptions.saturating_sub(1);
-            c.subscriptions
-        })
-    }
-
-    /// Adds one connection of `user_id` to a presence channel. Returns true
-    /// when this is the user's first connection there (`member_added`).
-    pub fn join(
+    /// Adds one local connection of `user` to a presence channel. The
+    /// cluster-wide `member_added` (if this is the user's first connection
+    /// anywhere) has been handed to the listener when this returns.
+    pub async fn join(
         &self,
         app: &str,
         channel: &str,
-        user_id: &str,
-        user_info: &str,
+        user: &str,
+        info: &str,
         max_members: usize,
-    ) -> Result<bool, JoinError> {
-        self.with_channel(app, channel, |c| {
-            if let Some(m) = c.members.get_mut(user_id) {
-                m.connections += 1;
-                return Ok(false);
-            }
-            if c.members.len() >= max_members {
+    ) -> Result<(), JoinError> {
+        let mut local = self.local.lock().await;
+        let key = (app.to_owned(), channel.to_owned(), user.to_owned());
+        if !local.members.contains_key(&key) {
+            let view = self.view();
+            if !view.has_member(app, channel, user)
+                && view.member_count(app, channel) >= max_members
+            {
                 return Err(JoinError::Full { max: max_members });
             }
-            c.members.insert(
-                user_id.to_owned(),
-                Member {
-                    info: user_info.to_owned(),
-                    connections: 1,
-                },
-            );
-            Ok(true)
-        })
-    }
-
-    /// Removes one connection of `user_id`. Returns true when it was the
-    /// user's last one there (`member_removed`).
-    pub fn leave(&self, app: &str, channel: &str, user_id: &str) -> bool {
-        self.with_channel(app, channel, |c| match c.members.get_mut(user_id) {
-            Some(m) if m.connections > 1 => {
-                m.connections -= 1;
-                false
-            }
-            Some(_) => {
-                c.members.remove(user_id);
-                true
-            }
-            None => false,
-        })
-    }
-
-    /// The `{ids, hash, count}` object of `pusher_internal:subscription_succeeded`.
-    pub fn presence_data(&self, app: &str, channel: &str) -> serde_json::Value {
-        let apps = self.apps.lock();
-        let members = apps
-            .get(app)
-            .and_then(|a| a.channels.get(channel))
-            .map(|c| &c.members);
-        let mut ids = Vec::new();
-        let mut hash = serde_json::Map::new();
-        for (id, m) in members.into_iter().flatten() {
-            ids.push(serde_json::Value::String(id.clone()));
-            let info = serde_json::from_str(&m.info).unwrap_or(serde_json::Value::Null);
-            hash.insert(id.clone(), info);
         }
-        serde_json::json!({ "count": ids.len(), "ids": ids, "hash": hash })
+        if bump(&mut local.members, key, true) == 1 {
+            let info = Some(info.to_owned());
+            let change = Change::Member {
+                app: app.into(),
+                channel: channel.into(),
+                user: user.into(),
+                node: self.node.clone(),
+                info,
+            };
+            self.write(change).await;
+        }
+        Ok(())
     }
 
-    /// User ids of a presence channel's members.
-    pub fn users(&self, app: &str, channel: &str) -> Vec<String> {
-        let apps = self.apps.lock();
-        apps.get(app)
-            .and_then(|a| a.channels.get(channel))
-            .map(|c| c.members.keys().cloned().collect())
-            .unwrap_or_default()
+    /// Removes one local connection of `user` from a presence channel.
+    pub async fn leave(&self, app: &str, channel: &str, user: &str) {
+        let mut local = self.local.lock().await;
+        let key = (app.to_owned(), channel.to_owned(), user.to_owned());
+        if bump(&mut local.members, key.clone(), false) == 0 {
+            drop_zero(&mut local.members, &key);
+            let change = Change::Member {
+                app: app.into(),
+                channel: channel.into(),
+                user: user.into(),
+                node: self.node.clone(),
+                info: None,
+            };
+            self.write(change).await;
+        }
     }
 
-    /// Occupied channels whose name starts with `prefix`, sorted by name.
-    pub fn channels(&self, app: &str, prefix: &str) -> Vec<ChannelSummary> {
-        let apps = self.apps.lock();
-        let mut out: Vec<ChannelSummary> = apps
-            .get(app)
-            .into_iter()
-            .flat_map(|a| a.channels.iter())
-            .filter(|(name, c)| c.subscriptions > 0 && name.starts_with(prefix))
-            .map(|(name, c)| summary(name, c))
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+    /// Counts a signed-in local connection of `user`.
+    pub async fn user_online(&self, app: &str, user: &str) {
+        self.change_online(app, user, true).await;
     }
 
-    /// One channel's counts (zeros when nobody is subscribed).
-    pub fn channel(&self, app: &str, name: &str) -> ChannelSummary {
-        let apps = self.apps.lock();
-        match apps.get(app).and_then(|a| a.channels.get(name)) {
-            Some(c) => summary(name, c),
-            None => ChannelSummary {
-                name: name.to_owned(),
-                subscription_count: 0,
-                user_count: 0,
-            },
+    pub async fn user_offline(&self, app: &str, user: &str) {
+        self.change_online(app, user, false).await;
+    }
+
+    async fn change_online(&self, app: &str, user: &str, up: bool) {
+        let mut local = self.local.lock().await;
+        let key = (app.to_owned(), user.to_owned());
+        let count = bump(&mut local.online, key.clone(), up);
+        drop_zero(&mut local.online, &key);
+        if count == usize::from(up) {
+            let change = Change::Online {
+                app: app.into(),
+                user: user.into(),
+                node: self.node.clone(),
+                online: up,
+            };
+            self.write(change).await;
         }
     }
 
     /// Stores the last event of a cache channel.
-    pub fn set_cache(&self, app: &str, channel: &str, event: &str, data: &str) {
-        self.with_channel(app, channel, |c| {
-            c.cache = Some(CachedEvent {
-                event: event.to_owned(),
-                data: data.to_owned(),
-                stored: Instant::now(),
-            })
+    pub async fn set_cache(&self, app: &str, channel: &str, event: &str, data: &str) {
+        let event = CachedEvent {
+            event: event.into(),
+            data: data.into(),
+            stored_ms: unix_millis(),
+        };
+        self.write(Change::Cache {
+            app: app.into(),
+            channel: channel.into(),
+            event: Some(event),
         })
+        .await;
     }
 
-    /// The cached event of a cache channel, if one is younger than [`CACHE_TTL`].
     pub fn cache(&self, app: &str, channel: &str) -> Option<CachedEvent> {
-        self.with_channel(app, channel, |c| {
-            if c.cache
-                .as_ref()
-                .is_some_and(|e| e.stored.elapsed() > CACHE_TTL)
-            {
-                c.cache = None;
-            }
-            c.cache.clone()
-        })
+        self.view().cache(app, channel, unix_millis(), CACHE_TTL_MS)
     }
 
-    /// Counts a signed-in connection of `user_id`; true when the user just came online.
-    pub fn user_online(&self, app: &str, user_id: &str) -> bool {
-        let mut apps = self.apps.lock();
-        let count = apps
-            .entry(app.to_owned())
-            .or_default()
-            .online
-            .entry(user_id.to_owned())
-            .or_default();
-        *count += 1;
-        *count == 1
+    pub fn presence_data(&self, app: &str, channel: &str) -> serde_json::Value {
+        self.view().presence_data(app, channel)
     }
 
-    /// Counts a signed-in connection less; true when the user just went offline.
-    pub fn user_offline(&self, app: &str, user_id: &str) -> bool {
-        let mut apps = self.apps.lock();
-        let Some(online) = apps.get_mut(app).map(|a| &mut a.online) else {
-            return false;
-        };
-        match online.get_mut(user_id) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            Some(_) => {
-                online.remove(user_id);
-                true
-            }
-            None => false,
-        }
+    pub fn users(&self, app: &str, channel: &str) -> Vec<String> {
+        self.view().users(app, channel)
     }
 
-    /// The users of `candidates` that are online.
+    pub fn channels(&self, app: &str, prefix: &str) -> Vec<ChannelSummary> {
+        self.view().channels(app, prefix)
+    }
+
+    pub fn channel(&self, app: &str, name: &str) -> ChannelSummary {
+        self.view().summary(app, name)
+    }
+
     pub fn online_among(&self, app: &str, candidates: &[String]) -> Vec<String> {
-        let apps = self.apps.lock();
-        let Some(state) = apps.get(app) else {
-            return Vec::new();
-        };
-        candidates
-            .iter()
-            .filter(|u| state.online.contains_key(*u))
-            .cloned()
-            .collect()
+        self.view().online_among(app, candidates)
     }
 }
 
-fn summary(name: &str, c: &Channel) -> ChannelSummary {
-    ChannelSummary {
-        name: name.to_owned(),
-        subscription_count: c.subscriptions,
-        user_count: c.members.len(),
-    }
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parking_lot::Mutex;
 
-    #[test]
-    fn members_are_added_on_first_and_removed_on_last_connection() {
-        let s = ChannelState::default();
-        assert_eq!(s.join("a", "presence-x", "u1", r#"{"n":1}"#, 10), Ok(true));
-        assert_eq!(s.join("a", "presence-x", "u1", r#"{"n":1}"#, 10), Ok(false));
-        assert_eq!(s.join("a", "presence-x", "u2", "null", 10), Ok(true));
-        let p = s.presence_data("a", "presence-x");
-        assert_eq!(p["count"], 2);
-        assert_eq!(p["hash"]["u1"]["n"], 1);
-        assert!(!s.leave("a", "presence-x", "u1"));
-        assert!(s.leave("a", "presence-x", "u1"));
-        assert!(!s.leave("a", "presence-x", "u1"));
-        assert_eq!(s.users("a", "presence-x"), vec!["u2".to_string()]);
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Transition>>);
+    impl Listener for Recorder {
+        fn on_transition(&self, t: &Transition) {
+            self.0.lock().push(t.clone());
+        }
     }
 
-    #[test]
-    fn member_cap_counts_distinct_users() {
-        let s = ChannelState::default();
-        assert_eq!(s.join("a", "presence-x", "u1", "{}", 1), Ok(true));
-        assert_eq!(s.join("a", "presence-x", "u1", "{}", 1), Ok(false));
+    #[tokio::test]
+    async fn local_connections_of_one_user_make_one_member() {
+        let state = ChannelState::in_memory();
+        let rec = Arc::new(Recorder::default());
+        state.set_listener(rec.clone());
+        state.join("a", "presence-x", "u1", "{}", 10).await.unwrap();
+        state.join("a", "presence-x", "u1", "{}", 10).await.unwrap();
+        state.leave("a", "presence-x", "u1").await;
+        assert_eq!(state.users("a", "presence-x"), ["u1"]);
+        state.leave("a", "presence-x", "u1").await;
+        assert!(state.users("a", "presence-x").is_empty());
+        let kinds: Vec<_> = rec
+            .0
+            .lock()
+            .iter()
+            .map(|t| matches!(t, Transition::MemberAdded { .. }))
+            .collect();
+        assert_eq!(kinds, [true, false]);
+    }
+
+    #[tokio::test]
+    async fn member_cap_counts_distinct_users() {
+        let state = ChannelState::in_memory();
+        state.join("a", "presence-x", "u1", "{}", 1).await.unwrap();
+        state.join("a", "presence-x", "u1", "{}", 1).await.unwrap();
         assert_eq!(
-            s.join("a", "presence-x", "u2", "{}", 1),
+            state.join("a", "presence-x", "u2", "{}", 1).await,
             Err(JoinError::Full { max: 1 })
         );
     }
 
-    #[test]
-    fn occupancy_and_listing() {
-        let s = ChannelState::default();
-        assert_eq!(s.subscribe("a", "presence-x"), 1);
-        assert_eq!(s.subscribe("a", "orders"), 1);
-        assert_eq!(s.subscribe("a", "orders"), 2);
-        assert_eq!(s.subscribe("b", "orders"), 1);
-        let names: Vec<_> = s.channels("a", "").into_iter().map(|c| c.name).collect();
-        assert_eq!(names, ["orders", "presence-x"]);
-        assert_eq!(s.channels("a", "presence-").len(), 1);
-        assert_eq!(s.unsubscribe("a", "orders"), 1);
-        assert_eq!(s.unsubscribe("a", "orders"), 0);
-        assert_eq!(s.channel("a", "orders").subscription_count, 0);
-        assert_eq!(s.channels("a", "").len(), 1);
-    }
-
-    #[test]
-    fn cache_outlives_subscribers() {
-        let s = ChannelState::default();
-        assert_eq!(s.cache("a", "cache-x"), None);
-        s.set_cache("a", "cache-x", "e", r#""1""#);
-        s.subscribe("a", "cache-x");
-        s.unsubscribe("a", "cache-x");
-        assert_eq!(s.cache("a", "cache-x").unwrap().data, r#""1""#);
-        assert!(s.channels("a", "").is_empty());
-    }
-
-    #[test]
-    fn online_users() {
-        let s = ChannelState::default();
-        assert!(s.user_online("a", "u1"));
-        assert!(!s.user_online("a", "u1"));
-        assert_eq!(
-            s.online_among("a", &["u1".into(), "u2".into()]),
-            vec!["u1".to_string()]
-        );
-        assert!(!s.user_offline("a", "u1"));
-        assert!(s.user_offline("a", "u1"));
-        assert!(s.online_among("a", &["u1".into()]).is_empty());
+    #[tokio::test]
+    async fn counts_subscriptions_and_online_users() {
+        let state = ChannelState::in_memory();
+        state.subscribe("a", "orders").await;
+        state.subscribe("a", "orders").await;
+        assert_eq!(state.channel("a", "orders").subscription_count, 2);
+        state.unsubscribe("a", "orders").await;
+        state.unsubscribe("a", "orders").await;
+        assert!(state.channels("a", "").is_empty());
+        state.user_online("a", "u").await;
+        state.user_online("a", "u").await;
+        state.user_offline("a", "u").await;
+        assert_eq!(state.online_among("a", &["u".into()]), ["u"]);
+        state.user_offline("a", "u").await;
+        assert!(state.online_among("a", &["u".into()]).is_empty());
     }
 }

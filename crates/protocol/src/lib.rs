@@ -13,5 +13,6 @@ pub mod codes;
 pub mod frame;
 pub mod message;
 pub mod rate;
+pub mod token;
 
 pub use channel::{ChannelKind, ChannelName, ChannelNameError};

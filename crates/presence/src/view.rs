@@ -1,0 +1,432 @@
+//! The replicated view of channel state, and the transitions it produces.
+//!
+//! Every entry is owned by one node (the gateway holding the connections):
+//! a node's subscription count per channel, a user's presence on a channel
+//! through that node, a user's signed-in presence on that node. Folding the
+//! same ordered stream of [`Change`]s gives every node the same [`View`], and
+//! the [`Transition`]s that fall out (a user's first node joins, the last one
+//! leaves) are therefore the same on every node: each node tells its own
+//! sockets, and every socket in the cluster hears each transition once.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// The last event of a cache channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedEvent {
+    pub event: String,
+    /// Raw JSON of `data`.
+    pub data: String,
+    /// Unix milliseconds when it was stored.
+    pub stored_ms: u64,
+}
+
+/// One entry written or removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// `node` holds `count` subscriptions to the channel (0: none).
+    Subscriptions {
+        app: String,
+        channel: String,
+        node: String,
+        count: usize,
+    },
+    /// `user` is on a presence channel through `node` with `info` (None: left).
+    Member {
+        app: String,
+        channel: String,
+        user: String,
+        node: String,
+        info: Option<String>,
+    },
+    /// `user` is signed in on `node` (watchlists).
+    Online {
+        app: String,
+        user: String,
+        node: String,
+        online: bool,
+    },
+    /// A cache channel's last event (None: expired or removed).
+    Cache {
+        app: String,
+        channel: String,
+        event: Option<CachedEvent>,
+    },
+}
+
+/// A cluster-wide change that subscribers are told about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    MemberAdded {
+        app: String,
+        channel: String,
+        user: String,
+        info: String,
+    },
+    MemberRemoved {
+        app: String,
+        channel: String,
+        user: String,
+    },
+    SubscriptionCount {
+        app: String,
+        channel: String,
+        count: usize,
+    },
+    UserOnline {
+        app: String,
+        user: String,
+    },
+    UserOffline {
+        app: String,
+        user: String,
+    },
+}
+
+#[derive(Default, Debug)]
+struct ChannelView {
+    subscriptions: HashMap<String, usize>,
+    /// user -> node -> user_info; ordered so member lists are stable.
+    members: BTreeMap<String, HashMap<String, String>>,
+    cache: Option<CachedEvent>,
+}
+
+impl ChannelView {
+    fn subscription_count(&self) -> usize {
+        self.subscriptions.values().sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.subscriptions.is_empty() && self.members.is_empty() && self.cache.is_none()
+    }
+}
+
+#[derive(Default, Debug)]
+struct AppView {
+    channels: HashMap<String, ChannelView>,
+    online: HashMap<String, HashSet<String>>,
+}
+
+/// What the HTTP API reports about a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelSummary {
+    pub name: String,
+    pub subscription_count: usize,
+    pub user_count: usize,
+}
+
+#[derive(Default, Debug)]
+pub struct View {
+    apps: HashMap<String, AppView>,
+}
+
+impl View {
+    fn channel(&self, app: &str, channel: &str) -> Option<&ChannelView> {
+        self.apps.get(app)?.channels.get(channel)
+    }
+
+    /// Applies one change; returns the transition it caused, if any.
+    pub fn apply(&mut self, change: Change) -> Option<Transition> {
+        match change {
+            Change::Subscriptions {
+                app,
+                channel,
+                node,
+                count,
+            } => {
+                let app_view = self.apps.entry(app.clone()).or_default();
+                let entry = app_view.channels.entry(channel.clone()).or_default();
+                let before = entry.subscription_count();
+                if count == 0 {
+                    entry.subscriptions.remove(&node);
+                } else {
+                    entry.subscriptions.insert(node, count);
+                }
+                let after = entry.subscription_count();
+                if entry.is_empty() {
+                    app_view.channels.remove(&channel);
+                }
+                (before != after).then_some(Transition::SubscriptionCount {
+                    app,
+                    channel,
+                    count: after,
+                })
+            }
+            Change::Member {
+                app,
+                channel,
+                user,
+                node,
+                info,
+            } => {
+                let app_view = self.apps.entry(app.clone()).or_default();
+                let entry = app_view.channels.entry(channel.clone()).or_default();
+                let transition = match info {
+                    Some(info) => {
+                        let nodes = entry.members.entry(user.clone()).or_default();
+                        let first = nodes.is_empty();
+                        nodes.insert(node, info.clone());
+                        first.then_some(Transition::MemberAdded {
+                            app,
+                            channel: channel.clone(),
+                            user,
+                            info,
+                        })
+                    }
+                    None => {
+                        let removed = entry
+                            .members
+                            .get_mut(&user)
+                            .is_some_and(|nodes| nodes.remove(&node).is_some() && nodes.is_empty());
+                        removed.then(|| {
+                            entry.members.remove(&user);
+                            Transition::MemberRemoved {
+                                app,
+                                channel: channel.clone(),
+                                user,
+                            }
+                        })
+                    }
+                };
+                if entry.is_empty() {
+                    app_view.channels.remove(&channel);
+                }
+                transition
+            }
+            Change::Online {
+                app,
+                user,
+                node,
+                online,
+            } => {
+                let app_view = self.apps.entry(app.clone()).or_default();
+                if online {
+                    let nodes = app_view.online.entry(user.clone()).or_default();
+                    let first = nodes.is_empty();
+                    nodes.insert(node);
+                    first.then_some(Transition::UserOnline { app, user })
+                } else {
+                    let removed = app_view
+                        .online
+                        .get_mut(&user)
+                        .is_some_and(|nodes| nodes.remove(&node) && nodes.is_empty());
+                    removed.then(|| {
+                        app_view.online.remove(&user);
+                        Transition::UserOffline { app, user }
+                    })
+                }
+            }
+            Change::Cache {
+                app,
+                channel,
+                event,
+            } => {
+                let app_view = self.apps.entry(app).or_default();
+                let entry = app_view.channels.entry(channel.clone()).or_default();
+                entry.cache = event;
+                if entry.is_empty() {
+                    app_view.channels.remove(&channel);
+                }
+                None
+            }
+        }
+    }
+
+    pub fn has_member(&self, app: &str, channel: &str, user: &str) -> bool {
+        self.channel(app, channel)
+            .is_some_and(|c| c.members.contains_key(user))
+    }
+
+    pub fn member_count(&self, app: &str, channel: &str) -> usize {
+        self.channel(app, channel).map_or(0, |c| c.members.len())
+    }
+
+    /// The `{ids, hash, count}` object of `pusher_internal:subscription_succeeded`.
+    pub fn presence_data(&self, app: &str, channel: &str) -> serde_json::Value {
+        let mut ids = Vec::new();
+        let mut hash = serde_json::Map::new();
+        for (id, nodes) in self
+            .channel(app, channel)
+            .into_iter()
+            .flat_map(|c| &c.members)
+        {
+            ids.push(serde_json::Value::String(id.clone()));
+            // Any node's copy will do: every connection of a user signs the same info.
+            let info = nodes.values().next().map(String::as_str).unwrap_or("null");
+            hash.insert(
+                id.clone(),
+                serde_json::from_str(info).unwrap_or(serde_json::Value::Null),
+            );
+        }
+        serde_json::json!({ "count": ids.len(), "ids": ids, "hash": hash })
+    }
+
+    /// User ids of a presence channel's members.
+    pub fn users(&self, app: &str, channel: &str) -> Vec<String> {
+        self.channel(app, channel)
+            .map(|c| c.members.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Occupied channels whose name starts with `prefix`, sorted by name.
+    pub fn channels(&self, app: &str, prefix: &str) -> Vec<ChannelSummary> {
+        let mut out: Vec<ChannelSummary> = self
+            .apps
+            .get(app)
+            .into_iter()
+            .flat_map(|a| a.channels.iter())
+            .filter(|(name, c)| c.subscription_count() > 0 && name.starts_with(prefix))
+            .map(|(name, c)| summary(name, c))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// One channel's counts (zeros when nobody is subscribed).
+    pub fn summary(&self, app: &str, name: &str) -> ChannelSummary {
+        match self.channel(app, name) {
+            Some(c) => summary(name, c),
+            None => ChannelSummary {
+                name: name.to_owned(),
+                subscription_count: 0,
+                user_count: 0,
+            },
+        }
+    }
+
+    /// The cached event of a cache channel if it is younger than `ttl_ms`.
+    pub fn cache(&self, app: &str, channel: &str, now_ms: u64, ttl_ms: u64) -> Option<CachedEvent> {
+        self.channel(app, channel)?
+            .cache
+            .clone()
+            .filter(|c| now_ms.saturating_sub(c.stored_ms) <= ttl_ms)
+    }
+
+    /// The users of `candidates` that are signed in somewhere.
+    pub fn online_among(&self, app: &str, candidates: &[String]) -> Vec<String> {
+        let Some(state) = self.apps.get(app) else {
+            return Vec::new();
+        };
+        candidates
+            .iter()
+            .filter(|u| state.online.contains_key(*u))
+            .cloned()
+            .collect()
+    }
+}
+
+fn summary(name: &str, c: &ChannelView) -> ChannelSummary {
+    ChannelSummary {
+        name: name.to_owned(),
+        subscription_count: c.subscription_count(),
+        user_count: c.members.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(user: &str, node: &str, info: Option<&str>) -> Change {
+        Change::Member {
+            app: "a".into(),
+            channel: "presence-x".into(),
+            user: user.into(),
+            node: node.into(),
+            info: info.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn a_member_is_added_on_its_first_node_and_removed_on_its_last() {
+        let mut v = View::default();
+        assert!(matches!(
+            v.apply(member("u1", "n1", Some(r#"{"n":1}"#))),
+            Some(Transition::MemberAdded { .. })
+        ));
+        assert_eq!(v.apply(member("u1", "n2", Some(r#"{"n":1}"#))), None);
+        assert!(matches!(
+            v.apply(member("u2", "n2", Some("null"))),
+            Some(Transition::MemberAdded { .. })
+        ));
+        let p = v.presence_data("a", "presence-x");
+        assert_eq!(p["count"], 2);
+        assert_eq!(p["hash"]["u1"]["n"], 1);
+        assert_eq!(v.apply(member("u1", "n1", None)), None);
+        assert!(matches!(
+            v.apply(member("u1", "n2", None)),
+            Some(Transition::MemberRemoved { .. })
+        ));
+        // A repeated removal changes nothing.
+        assert_eq!(v.apply(member("u1", "n2", None)), None);
+        assert_eq!(v.users("a", "presence-x"), vec!["u2".to_string()]);
+    }
+
+    #[test]
+    fn subscription_counts_sum_over_nodes() {
+        let mut v = View::default();
+        let subs = |node: &str, count| Change::Subscriptions {
+            app: "a".into(),
+            channel: "orders".into(),
+            node: node.into(),
+            count,
+        };
+        assert!(matches!(
+            v.apply(subs("n1", 2)),
+            Some(Transition::SubscriptionCount { count: 2, .. })
+        ));
+        assert!(matches!(
+            v.apply(subs("n2", 1)),
+            Some(Transition::SubscriptionCount { count: 3, .. })
+        ));
+        assert_eq!(v.apply(subs("n2", 1)), None);
+        assert_eq!(v.summary("a", "orders").subscription_count, 3);
+        assert_eq!(v.channels("a", "ord").len(), 1);
+        v.apply(subs("n1", 0));
+        v.apply(subs("n2", 0));
+        assert!(v.channels("a", "").is_empty());
+    }
+
+    #[test]
+    fn cache_outlives_subscribers_until_its_ttl() {
+        let mut v = View::default();
+        let event = CachedEvent {
+            event: "e".into(),
+            data: "1".into(),
+            stored_ms: 1000,
+        };
+        v.apply(Change::Cache {
+            app: "a".into(),
+            channel: "cache-x".into(),
+            event: Some(event.clone()),
+        });
+        assert_eq!(v.cache("a", "cache-x", 2000, 5000), Some(event));
+        assert_eq!(v.cache("a", "cache-x", 7000, 5000), None);
+        assert!(v.channels("a", "").is_empty());
+    }
+
+    #[test]
+    fn users_are_online_while_signed_in_on_any_node() {
+        let mut v = View::default();
+        let online = |node: &str, on| Change::Online {
+            app: "a".into(),
+            user: "u".into(),
+            node: node.into(),
+            online: on,
+        };
+        assert!(matches!(
+            v.apply(online("n1", true)),
+            Some(Transition::UserOnline { .. })
+        ));
+        assert_eq!(v.apply(online("n2", true)), None);
+        assert_eq!(
+            v.online_among("a", &["u".into(), "v".into()]),
+            vec!["u".to_string()]
+        );
+        assert_eq!(v.apply(online("n1", false)), None);
+        assert!(matches!(
+            v.apply(online("n2", false)),
+            Some(Transition::UserOffline { .. })
+        ));
+    }
+}
