@@ -9,6 +9,7 @@
 //! [`Bus::set_interest`], so a clustered bus only ever delivers a channel's
 //! traffic to nodes that need it.
 
+pub mod nats;
 pub mod subject;
 
 use futures::future::BoxFuture;

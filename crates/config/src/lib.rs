@@ -9,7 +9,7 @@ use herald_protocol::api::ApiLimits;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The whole configuration file.
@@ -33,7 +33,83 @@ pub struct Config {
     pub write_timeout: u64,
     /// Seconds between SIGTERM and a forced exit while closing connections.
     pub shutdown_timeout: u64,
+    /// Cluster mode: how to reach NATS (ignored by `herald standalone`).
+    pub nats: NatsConfig,
     pub apps: Vec<AppConfig>,
+}
+
+/// NATS connection, credentials, TLS, subject prefix and KV buckets.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// Server URLs; `--nats` (comma-separated) replaces them.
+    pub servers: Vec<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// NKey seed (`SU...`).
+    pub nkey_seed: Option<String>,
+    /// A `.creds` file (JWT + NKey).
+    pub credentials_file: Option<PathBuf>,
+    /// CA certificate(s) to trust, PEM.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key for mutual TLS, PEM.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_required: bool,
+    /// First token of every bus subject.
+    pub subject_prefix: String,
+    /// KV bucket of presence, occupancy and online users.
+    pub state_bucket: String,
+    /// KV bucket of cache channels' last events.
+    pub cache_bucket: String,
+    /// Replicas of both buckets (3 on a 3-server NATS cluster).
+    pub kv_replicas: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            user: None,
+            password: None,
+            token: None,
+            nkey_seed: None,
+            credentials_file: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_required: false,
+            subject_prefix: "herald".into(),
+            state_bucket: "herald-state".into(),
+            cache_bucket: "herald-cache".into(),
+            kv_replicas: 1,
+        }
+    }
+}
+
+impl NatsConfig {
+    /// Secrets and paths from `HERALD_NATS_*` variables override the file.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) {
+        let text = |slot: &mut Option<String>, name: &str| {
+            if let Some(v) = env(name) {
+                *slot = Some(v);
+            }
+        };
+        text(&mut self.user, "HERALD_NATS_USER");
+        text(&mut self.password, "HERALD_NATS_PASSWORD");
+        text(&mut self.token, "HERALD_NATS_TOKEN");
+        text(&mut self.nkey_seed, "HERALD_NATS_NKEY_SEED");
+        let path = |slot: &mut Option<PathBuf>, name: &str| {
+            if let Some(v) = env(name) {
+                *slot = Some(PathBuf::from(v));
+            }
+        };
+        path(&mut self.credentials_file, "HERALD_NATS_CREDENTIALS_FILE");
+        path(&mut self.tls_ca, "HERALD_NATS_TLS_CA");
+        path(&mut self.tls_cert, "HERALD_NATS_TLS_CERT");
+        path(&mut self.tls_key, "HERALD_NATS_TLS_KEY");
+    }
 }
 
 impl Default for Config {
@@ -47,6 +123,7 @@ impl Default for Config {
             outbox_capacity: 1024,
             write_timeout: 10,
             shutdown_timeout: 5,
+            nats: NatsConfig::default(),
             apps: Vec::new(),
         }
     }
@@ -67,7 +144,8 @@ pub struct AppConfig {
     /// Send `pusher_internal:subscription_count` on non-presence channels.
     #[serde(default)]
     pub subscription_count: bool,
-    /// Seconds within which a socket must `pusher:signin` (0 = not required).
+    /// Seconds within which a socket must sign in or subscribe to a private or
+    /// presence channel, else it is closed with 4009 (0 = not required).
     #[serde(default)]
     pub user_authentication_timeout: u64,
     /// Concurrent connections allowed (0 = unlimited).
@@ -183,9 +261,16 @@ impl Config {
     }
 
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse_error = |message: String| ConfigError::Parse {
             path: String::new(),
-            message: e.to_string(),
+            message,
+        };
+        let document = toml::Deserializer::parse(text).map_err(|e| parse_error(e.to_string()))?;
+        // serde_path_to_error names the key (`apps[0].max_presence_members`) of a type error.
+        let config: Config = serde_path_to_error::deserialize(document).map_err(|e| {
+            let key = e.path().to_string();
+            let cause = e.into_inner().message().to_owned();
+            parse_error(format!("`{key}`: {cause}"))
         })?;
         config.validate()?;
         Ok(config)
@@ -245,6 +330,24 @@ impl Config {
             if value == 0 {
                 return Err(invalid(key.into(), "must be greater than 0"));
             }
+        }
+        if self.nats.kv_replicas == 0 || self.nats.kv_replicas > 5 {
+            return Err(invalid(
+                "nats.kv_replicas".into(),
+                "must be between 1 and 5",
+            ));
+        }
+        if self.nats.user.is_some() != self.nats.password.is_some() {
+            return Err(invalid(
+                "nats.password".into(),
+                "and nats.user must be given together",
+            ));
+        }
+        if self.nats.tls_cert.is_some() != self.nats.tls_key.is_some() {
+            return Err(invalid(
+                "nats.tls_key".into(),
+                "and nats.tls_cert must be given together",
+            ));
         }
         let (mut ids, mut keys) = (HashSet::new(), HashSet::new());
         for (i, app) in self.apps.iter().enumerate() {
@@ -317,6 +420,21 @@ mod tests {
         let two = "[[apps]]\nid='1'\nkey='k'\nsecret='s'\n[[apps]]\nid='2'\nkey='k'\nsecret='s'\n";
         let err = Config::from_toml(two).unwrap_err().to_string();
         assert!(err.contains("apps[1].key"), "{err}");
+    }
+
+    #[test]
+    fn nats_settings_from_file_and_env() {
+        let mut c =
+            Config::from_toml("[nats]\nservers=['nats://a:4222']\nkv_replicas=3\n").unwrap();
+        c.nats
+            .apply_env(|k| (k == "HERALD_NATS_TOKEN").then(|| "t0k".to_string()));
+        assert_eq!(c.nats.servers, ["nats://a:4222"]);
+        assert_eq!(c.nats.token.as_deref(), Some("t0k"));
+        assert_eq!(c.nats.subject_prefix, "herald");
+        let err = Config::from_toml("[nats]\nuser='u'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nats.password"), "{err}");
     }
 
     #[test]

@@ -51,6 +51,9 @@ impl Refusal {
 pub struct Activity {
     start: Instant,
     last_ms: AtomicU64,
+    /// Bumped on every received frame: "anything since the ping?" is exact,
+    /// even when the answer arrives within the same millisecond.
+    frames: AtomicU64,
 }
 
 impl Activity {
@@ -58,16 +61,22 @@ impl Activity {
         Self {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            frames: AtomicU64::new(0),
         }
     }
 
     pub fn touch(&self) {
         self.last_ms
             .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.frames.fetch_add(1, Ordering::Relaxed);
     }
 
     fn last(&self) -> Instant {
         self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    fn frames(&self) -> u64 {
+        self.frames.load(Ordering::Relaxed)
     }
 }
 
@@ -178,16 +187,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     activity: Arc<Activity>,
     settings: crate::Settings,
 ) {
-    let mut ping_sent: Option<Instant> = None;
+    // When the server pinged, and how many frames the client had sent by then.
+    let mut ping_sent: Option<(Instant, u64)> = None;
     let mut healthy = true;
     let mut batch = BytesMut::new();
     loop {
-        if ping_sent.is_some_and(|t| activity.last() > t) {
+        if ping_sent.is_some_and(|(_, frames)| activity.frames() != frames) {
             ping_sent = None;
         }
         let deadline = match ping_sent {
             None => activity.last() + settings.activity_timeout,
-            Some(sent) => sent + settings.pong_timeout,
+            Some((sent, _)) => sent + settings.pong_timeout,
         };
         tokio::select! {
             biased;
@@ -223,16 +233,26 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
             _ = tokio::time::sleep_until(deadline) => {
                 match ping_sent {
-                    None => {
+                    None if activity.last() + settings.activity_timeout <= Instant::now() => {
+                        // Count frames before writing: a pong may arrive during the write.
+                        let frames = activity.frames();
                         let ping = frame::text(&message::ping());
-                        if timeout(settings.write_timeout, io.write_all(&ping)).await.is_err() {
-                            healthy = false;
-                            peer.close_slow_consumer("socket write stalled");
-                            break;
+                        match timeout(settings.write_timeout, io.write_all(&ping)).await {
+                            Ok(Ok(())) => ping_sent = Some((Instant::now(), frames)),
+                            Ok(Err(_)) => {
+                                healthy = false;
+                                peer.close(codes::WS_NORMAL, "", "write_error");
+                                break;
+                            }
+                            Err(_) => {
+                                healthy = false;
+                                peer.close_slow_consumer("socket write stalled");
+                                break;
+                            }
                         }
-                        ping_sent = Some(Instant::now());
                     }
-                    Some(sent) if activity.last() <= sent => {
+                    None => {}
+                    Some((_, frames)) if activity.frames() == frames => {
                         peer.close(codes::PONG_NOT_RECEIVED, "Pong reply not received", "pong_timeout");
                     }
                     Some(_) => {}

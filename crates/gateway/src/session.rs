@@ -36,6 +36,13 @@ struct Subscription {
     presence_user: Option<String>,
 }
 
+/// A message arriving in fragments; binary ones are only measured, then refused.
+struct Fragmented {
+    binary: bool,
+    data: Vec<u8>,
+    len: usize,
+}
+
 struct User {
     id: String,
     /// Raw JSON of `user_info` from `user_data`, used as presence info when a
@@ -53,7 +60,7 @@ pub struct Session {
     user: Option<User>,
     client_events: TokenBucket,
     /// A fragmented message being reassembled.
-    fragments: Option<Vec<u8>>,
+    fragments: Option<Fragmented>,
     /// With `user_authentication_timeout`: when the socket must have signed in
     /// or subscribed to a private or presence channel (Pusher's "authorized connections").
     auth_deadline: Option<Instant>,
@@ -73,7 +80,7 @@ struct UserData<'a> {
     #[serde(default, borrow)]
     user_info: Option<&'a RawValue>,
     #[serde(default)]
-    watchlist: Vec<String>,
+    watchlist: Vec<serde_json::Value>,
 }
 
 /// A user id given as a JSON string or number, non-empty and at most 128 characters.
@@ -205,12 +212,22 @@ impl Session {
                 false
             }
             OpCode::Text if fin => self.on_text(payload).await,
-            OpCode::Text => {
-                self.fragments = Some(payload.to_vec());
+            OpCode::Binary if fin => {
+                self.send_error(None, "binary messages are not supported");
+                true
+            }
+            OpCode::Text | OpCode::Binary => {
+                let binary = opcode == OpCode::Binary;
+                let data = if binary { Vec::new() } else { payload.to_vec() };
+                self.fragments = Some(Fragmented {
+                    binary,
+                    data,
+                    len: payload.len(),
+                });
                 true
             }
             OpCode::Continuation => {
-                let Some(mut buffer) = self.fragments.take() else {
+                let Some(mut message) = self.fragments.take() else {
                     self.close(
                         codes::WS_PROTOCOL_ERROR,
                         "continuation without a message",
@@ -218,7 +235,8 @@ impl Session {
                     );
                     return false;
                 };
-                if buffer.len() + payload.len() > self.gateway.settings.max_message_bytes {
+                message.len += payload.len();
+                if message.len > self.gateway.settings.max_message_bytes {
                     self.count_limit("message_too_big");
                     self.close(
                         codes::WS_MESSAGE_TOO_BIG,
@@ -227,17 +245,20 @@ impl Session {
                     );
                     return false;
                 }
-                buffer.extend_from_slice(payload);
-                if fin {
-                    self.on_text(&buffer).await
-                } else {
-                    self.fragments = Some(buffer);
-                    true
+                if !message.binary {
+                    message.data.extend_from_slice(payload);
                 }
-            }
-            OpCode::Binary => {
-                self.send_error(None, "binary messages are not supported");
-                true
+                match (fin, message.binary) {
+                    (false, _) => {
+                        self.fragments = Some(message);
+                        true
+                    }
+                    (true, false) => self.on_text(&message.data).await,
+                    (true, true) => {
+                        self.send_error(None, "binary messages are not supported");
+                        true
+                    }
+                }
             }
             OpCode::Ping => {
                 self.peer.send(frame::pong(payload));
@@ -316,6 +337,8 @@ impl Session {
             self.count_limit("subscription");
         }
         tracing::debug!(socket_id = %self.peer.socket_id(), channel, error, "subscription refused");
+        // Pusher itself answers a bad signature with a channel-less `pusher:error`;
+        // `pusher:subscription_error` on the channel reaches Echo's `.error()`.
         self.send_text(&message::subscription_error(channel, kind, error, status));
     }
 
@@ -428,7 +451,7 @@ impl Session {
                     info.len(),
                     self.app.max_presence_user_info_bytes
                 );
-                return self.subscription_error(channel, "LimitReached", &why, 413);
+                return self.subscription_error(channel, "LimitReached", &why, 403);
             }
             // member_added reaches the other subscribers during the join; this
             // socket joins the local fan-out only afterwards, so it never hears
@@ -447,13 +470,15 @@ impl Session {
             presence_user = Some(user_id);
         }
         self.authorized |= name.requires_auth();
+        // Count first, then join the fan-out: the new count reaches the
+        // others now, and this socket gets it below, after its ack.
+        self.gateway.state.subscribe(&self.app.id, channel).await;
         self.join_local(channel).await;
         self.gateway
             .metrics
             .subscriptions
             .with_label_values(&[&self.app.id])
             .inc();
-        self.gateway.state.subscribe(&self.app.id, channel).await;
         let presence = name
             .is_presence()
             .then(|| self.gateway.state.presence_data(&self.app.id, channel));
@@ -541,7 +566,7 @@ impl Session {
                 refusal.as_deref().unwrap_or_default(),
             );
         };
-        let mut watchlist = data.watchlist;
+        let mut watchlist: Vec<String> = data.watchlist.iter().filter_map(user_id_of).collect();
         if watchlist.len() > MAX_WATCHLIST {
             self.count_limit("watchlist");
             let why =
@@ -615,13 +640,8 @@ impl Session {
                 "Client event rejected due to rate limit",
             );
         }
+        // Client events are never cached: Pusher caches only server events.
         let sub = &self.subscriptions[&channel];
-        if sub.name.is_cache() {
-            self.gateway
-                .state
-                .set_cache(&self.app.id, &channel, &event, &data)
-                .await;
-        }
         let envelope = Envelope::new(&self.app.id, &channel, &event, data)
             .except(Some(self.peer.socket_id().to_string()))
             .from_user(sub.presence_user.clone());

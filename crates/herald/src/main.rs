@@ -1,16 +1,20 @@
 //! The `herald` binary: one executable, one subcommand per deployment shape.
 //!
 //! `herald standalone` runs the gateway and the HTTP API on one port with the
-//! in-process bus and channel state: no external services.
+//! in-process bus and channel state: no external services. `herald gateway`
+//! and `herald ingest` run one role each and join through NATS: the NATS bus
+//! carries events, JetStream KV carries presence and occupancy.
 
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
+use herald_bus::nats::{NatsBus, NatsSettings};
 use herald_bus::{Bus, LocalBus};
 use herald_config::{AppSource, Config};
 use herald_gateway::{Gateway, Settings};
 use herald_ingest::Ingest;
 use herald_metrics::Metrics;
+use herald_presence::kv::KvSettings;
 use herald_presence::ChannelState;
 use herald_protocol::codes;
 use http_body_util::Full;
@@ -42,6 +46,10 @@ struct Cli {
 enum Command {
     /// Gateway and HTTP API in one process on one port, no external services.
     Standalone(CommonArgs),
+    /// Cluster role: WebSocket connections at /app/{key}, joined by NATS.
+    Gateway(ClusterArgs),
+    /// Cluster role: the Pusher HTTP API at /apps/{id}/..., joined by NATS.
+    Ingest(ClusterArgs),
 }
 
 #[derive(clap::Args)]
@@ -60,10 +68,40 @@ struct CommonArgs {
     log_format: LogFormat,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(clap::Args)]
+struct ClusterArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// NATS servers, comma-separated (overrides nats.servers in the config file).
+    #[arg(long, env = "HERALD_NATS", value_delimiter = ',')]
+    nats: Vec<String>,
+    /// This node's id, unique among live nodes [default: random].
+    #[arg(long, env = "HERALD_NODE_ID")]
+    node_id: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
+}
+
+/// Which parts of Herald this process runs.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Role {
+    Standalone,
+    Gateway,
+    Ingest,
+}
+
+impl Role {
+    fn serves_websockets(self) -> bool {
+        self != Role::Ingest
+    }
+
+    fn serves_api(self) -> bool {
+        self != Role::Gateway
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -76,29 +114,46 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Loads the file (if any), then the `PUSHER_APP_*` app, validating both.
-fn load_config(args: &CommonArgs) -> Result<(Config, AppSource), herald_config::ConfigError> {
+/// Loads the file (if any), then the environment, then flags, validating the result.
+fn load_config(
+    args: &CommonArgs,
+    nats: &[String],
+) -> Result<(Config, AppSource), herald_config::ConfigError> {
     let mut config = match &args.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
-    let source = config.fill_apps_from_env(|name| std::env::var(name).ok())?;
+    let env = |name: &str| std::env::var(name).ok();
+    config.nats.apply_env(env);
+    if !nats.is_empty() {
+        config.nats.servers = nats.to_vec();
+    }
+    let source = config.fill_apps_from_env(env)?;
     Ok((config, source))
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let Command::Standalone(args) = cli.command;
+    let (role, args, nats, node_id) = match cli.command {
+        Command::Standalone(common) => (Role::Standalone, common, Vec::new(), None),
+        Command::Gateway(c) => (Role::Gateway, c.common, c.nats, c.node_id),
+        Command::Ingest(c) => (Role::Ingest, c.common, c.nats, c.node_id),
+    };
     init_logging(args.log_format);
-    let (config, source) = match load_config(&args) {
+    let (config, source) = match load_config(&args, &nats) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("herald: {e}");
             return std::process::ExitCode::from(2);
         }
     };
+    if role != Role::Standalone && config.nats.servers.is_empty() {
+        eprintln!("herald: {role:?} needs NATS: pass --nats URL[,URL...] or set nats.servers");
+        return std::process::ExitCode::from(2);
+    }
+    let node_id = node_id.unwrap_or_else(|| format!("{:08x}", rand::random::<u32>()));
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(standalone(args, config, source)) {
+    match runtime.block_on(run(role, args, config, source, node_id)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("herald: {e:#}");
@@ -107,7 +162,71 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn standalone(args: CommonArgs, config: Config, source: AppSource) -> anyhow::Result<()> {
+/// The bus and channel state a role works with.
+struct Backbone {
+    state: Arc<ChannelState>,
+    bus: Arc<dyn Bus>,
+    local: Option<Arc<LocalBus>>,
+    nats: Option<Arc<NatsBus>>,
+}
+
+async fn backbone(
+    role: Role,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    node_id: &str,
+) -> anyhow::Result<Backbone> {
+    if role == Role::Standalone {
+        metrics.set_bus_connected(true);
+        let local = Arc::new(LocalBus::default());
+        return Ok(Backbone {
+            state: Arc::new(ChannelState::in_memory()),
+            bus: local.clone(),
+            local: Some(local),
+            nats: None,
+        });
+    }
+    let n = &config.nats;
+    let settings = NatsSettings {
+        servers: n.servers.clone(),
+        user: n.user.clone(),
+        password: n.password.clone(),
+        token: n.token.clone(),
+        nkey_seed: n.nkey_seed.clone(),
+        credentials_file: n.credentials_file.clone(),
+        tls_ca: n.tls_ca.clone(),
+        tls_cert: n.tls_cert.clone(),
+        tls_key: n.tls_key.clone(),
+        tls_required: n.tls_required,
+        name: format!("herald-{}-{node_id}", format!("{role:?}").to_lowercase()),
+    };
+    let watcher = metrics.clone();
+    let client =
+        herald_bus::nats::connect(&settings, move |up| watcher.set_bus_connected(up)).await?;
+    let kv = KvSettings {
+        state_bucket: n.state_bucket.clone(),
+        cache_bucket: n.cache_bucket.clone(),
+        replicas: n.kv_replicas,
+    };
+    let state = ChannelState::replicated(client.clone(), node_id, &kv)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let nats = Arc::new(NatsBus::new(client, &n.subject_prefix));
+    Ok(Backbone {
+        state: Arc::new(state),
+        bus: nats.clone(),
+        local: None,
+        nats: Some(nats),
+    })
+}
+
+async fn run(
+    role: Role,
+    args: CommonArgs,
+    config: Config,
+    source: AppSource,
+    node_id: String,
+) -> anyhow::Result<()> {
     match source {
         AppSource::Development => tracing::warn!(
             "no apps configured: serving the development app (id app-id, key app-key, secret app-secret); \
@@ -127,27 +246,43 @@ async fn standalone(args: CommonArgs, config: Config, source: AppSource) -> anyh
 
     let apps: Vec<_> = config.apps.iter().cloned().map(Arc::new).collect();
     let metrics = Arc::new(Metrics::new());
-    let state = Arc::new(ChannelState::in_memory());
-    let bus = Arc::new(LocalBus::default());
-    let dyn_bus: Arc<dyn Bus> = bus.clone();
-    let gateway = Gateway::new(
-        Settings::from_config(&config),
-        &apps,
-        state.clone(),
-        dyn_bus.clone(),
-        metrics.clone(),
-    );
-    bus.attach(gateway.hub());
-    state.set_listener(gateway.hub());
-    let ingest = Arc::new(Ingest::new(&apps, state.clone(), dyn_bus, metrics.clone()));
+    // Metrics and health first, so an orchestrator sees "alive, not ready" while NATS comes up.
+    let admin = herald_metrics::bind_admin(metrics_bind).await?;
+    tokio::spawn(herald_metrics::serve_admin(admin, metrics.clone()));
+    let backbone = backbone(role, &config, &metrics, &node_id).await?;
+
+    let gateway = role.serves_websockets().then(|| {
+        let gateway = Gateway::new(
+            Settings::from_config(&config),
+            &apps,
+            backbone.state.clone(),
+            backbone.bus.clone(),
+            metrics.clone(),
+        );
+        backbone.state.set_listener(gateway.hub());
+        if let Some(local) = &backbone.local {
+            local.attach(gateway.hub());
+        }
+        if let Some(nats) = &backbone.nats {
+            nats.attach(gateway.hub());
+            nats.listen_control(&apps.iter().map(|a| a.id.clone()).collect::<Vec<_>>());
+        }
+        gateway
+    });
+    let ingest = role.serves_api().then(|| {
+        Arc::new(Ingest::new(
+            &apps,
+            backbone.state.clone(),
+            backbone.bus.clone(),
+            metrics.clone(),
+        ))
+    });
 
     let listener = TcpListener::bind(bind)
         .await
         .with_context(|| format!("cannot bind {bind}"))?;
-    let admin = herald_metrics::bind_admin(metrics_bind).await?;
-    tokio::spawn(herald_metrics::serve_admin(admin, metrics.clone()));
     metrics.set_ready(true);
-    tracing::info!(%bind, %metrics_bind, apps = apps.len(), "herald standalone listening");
+    tracing::info!(role = ?role, node = %node_id, %bind, %metrics_bind, apps = apps.len(), "herald listening");
 
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -170,22 +305,24 @@ async fn standalone(args: CommonArgs, config: Config, source: AppSource) -> anyh
 
     metrics.set_ready(false);
     drop(listener);
-    tracing::info!(
-        connections = gateway.connection_count(),
-        "shutting down: closing connections with 4200"
-    );
-    gateway.close_all(codes::RECONNECT, "Server shutting down; reconnect");
-    let drained = tokio::time::timeout(Duration::from_secs(config.shutdown_timeout), async {
-        while gateway.connection_count() > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            remaining = gateway.connection_count(),
-            "shutdown timeout reached with connections open"
+    if let Some(gateway) = &gateway {
+        tracing::info!(
+            connections = gateway.connection_count(),
+            "shutting down: closing connections with 4200"
         );
+        gateway.close_all(codes::RECONNECT, "Server shutting down; reconnect");
+        let drained = tokio::time::timeout(Duration::from_secs(config.shutdown_timeout), async {
+            while gateway.connection_count() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                remaining = gateway.connection_count(),
+                "shutdown timeout reached with connections open"
+            );
+        }
     }
     tracing::info!("herald stopped");
     Ok(())
@@ -193,25 +330,24 @@ async fn standalone(args: CommonArgs, config: Config, source: AppSource) -> anyh
 
 async fn serve_connection(
     stream: tokio::net::TcpStream,
-    gateway: Arc<Gateway>,
-    ingest: Arc<Ingest>,
+    gateway: Option<Arc<Gateway>>,
+    ingest: Option<Arc<Ingest>>,
 ) {
     let service = service_fn(move |req: Request<Incoming>| {
         let gateway = gateway.clone();
         let ingest = ingest.clone();
         async move {
             let path = req.uri().path();
-            let response = if path.starts_with("/app/") {
-                gateway.handle(req)
-            } else if path.starts_with("/apps/") {
-                ingest.handle(req).await
-            } else {
-                Response::builder()
+            let response = match (&gateway, &ingest) {
+                (Some(gateway), _) if path.starts_with("/app/") => gateway.handle(req),
+                (_, Some(ingest)) if path.starts_with("/apps/") => ingest.handle(req).await,
+                _ => Response::builder()
                     .status(StatusCode::NOT_FOUND)
-                    .body(Full::new(Bytes::from_static(
-                        b"not found: WebSockets at /app/{key}, the HTTP API at /apps/{id}/\n",
-                    )))
-                    .expect("static response")
+                    .body(Full::new(Bytes::from(not_found_hint(
+                        gateway.is_some(),
+                        ingest.is_some(),
+                    ))))
+                    .expect("static response"),
             };
             Ok::<_, std::convert::Infallible>(response)
         }
@@ -220,6 +356,14 @@ async fn serve_connection(
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades()
         .await;
+}
+
+fn not_found_hint(websockets: bool, api: bool) -> &'static str {
+    match (websockets, api) {
+        (true, true) => "not found: WebSockets at /app/{key}, the HTTP API at /apps/{id}/\n",
+        (true, false) => "not found: this gateway serves WebSockets at /app/{key}; the HTTP API is on the ingest\n",
+        _ => "not found: this ingest serves the HTTP API at /apps/{id}/; WebSockets are on the gateways\n",
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

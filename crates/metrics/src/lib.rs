@@ -48,6 +48,10 @@ pub struct Metrics {
     /// Events published to the bus, and publish failures.
     pub bus_publishes: IntCounterVec,
     pub bus_publish_failures: IntCounterVec,
+    /// 1 while the bus is connected (always 1 standalone).
+    pub bus_connected: prometheus::IntGauge,
+    /// Times the bus connection was (re-)established.
+    pub bus_connects: prometheus::IntCounter,
     /// From the trigger's publish timestamp to the queueing of the frame for the sockets.
     pub delivery_latency: HistogramVec,
 }
@@ -193,6 +197,24 @@ impl Metrics {
                 "Bus publishes that failed.",
                 &["app"],
             ),
+            bus_connected: {
+                let g = prometheus::IntGauge::new(
+                    "herald_bus_connected",
+                    "1 while the bus (NATS) is connected.",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            bus_connects: {
+                let c = prometheus::IntCounter::new(
+                    "herald_bus_connects_total",
+                    "Bus (NATS) connections established, including reconnects.",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             delivery_latency: histogram(
                 &r,
                 "herald_delivery_latency_seconds",
@@ -210,8 +232,17 @@ impl Metrics {
         self.ready.store(ready, Ordering::SeqCst);
     }
 
+    /// Records the bus connection state.
+    pub fn set_bus_connected(&self, connected: bool) {
+        self.bus_connected.set(i64::from(connected));
+        if connected {
+            self.bus_connects.inc();
+        }
+    }
+
+    /// Ready to take traffic: listening, not draining, bus connected.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && self.bus_connected.get() == 1
     }
 
     /// The Prometheus text exposition of every metric.
@@ -283,7 +314,19 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE
         );
         m.set_ready(true);
+        assert_eq!(
+            m.respond("/readyz").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        m.set_bus_connected(true);
         assert_eq!(m.respond("/readyz").status(), StatusCode::OK);
+        m.set_bus_connected(false);
+        assert_eq!(
+            m.respond("/readyz").status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        m.set_bus_connected(true);
+        assert!(m.render().contains("herald_bus_connects_total 2"));
         assert_eq!(m.respond("/healthz").status(), StatusCode::OK);
         assert_eq!(m.respond("/nope").status(), StatusCode::NOT_FOUND);
     }

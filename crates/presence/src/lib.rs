@@ -11,6 +11,7 @@
 //! replicates them through JetStream KV (see `kv`) and applies them as the
 //! watch delivers them, in the same order on every node.
 
+pub mod kv;
 pub mod view;
 
 use parking_lot::RwLock;
@@ -42,13 +43,13 @@ struct Local {
 
 /// The shared view plus where transitions go.
 #[derive(Default)]
-struct Replica {
+pub(crate) struct Replica {
     view: RwLock<View>,
     listener: OnceLock<Arc<dyn Listener>>,
 }
 
 impl Replica {
-    fn apply(&self, change: Change) {
+    pub(crate) fn apply(&self, change: Change) {
         let transition = self.view.write().apply(change);
         if let (Some(t), Some(listener)) = (transition, self.listener.get()) {
             listener.on_transition(&t);
@@ -59,6 +60,8 @@ impl Replica {
 pub struct ChannelState {
     node: String,
     replica: Arc<Replica>,
+    /// Cluster mode's replicated store; standalone applies writes directly.
+    store: Option<kv::KvStore>,
     /// Serialises this node's writes, so a put and the delete that follows it
     /// can never reach the store in the other order.
     local: tokio::sync::Mutex<Local>,
@@ -86,8 +89,26 @@ impl ChannelState {
         Self {
             node: "local".into(),
             replica: Arc::default(),
+            store: None,
             local: Default::default(),
         }
+    }
+
+    /// Cluster state replicated through JetStream KV; `node` must be unique
+    /// among live nodes. Returns once the existing entries are in the view.
+    pub async fn replicated(
+        client: async_nats::Client,
+        node: &str,
+        settings: &kv::KvSettings,
+    ) -> Result<Self, String> {
+        let replica: Arc<Replica> = Arc::default();
+        let store = kv::KvStore::open(client, settings, replica.clone()).await?;
+        Ok(Self {
+            node: node.to_owned(),
+            replica,
+            store: Some(store),
+            local: Default::default(),
+        })
     }
 
     /// Where transitions go; set once, before traffic.
@@ -98,7 +119,10 @@ impl ChannelState {
     }
 
     async fn write(&self, change: Change) {
-        self.replica.apply(change);
+        match &self.store {
+            Some(store) => store.write(&change).await,
+            None => self.replica.apply(change),
+        }
     }
 
     fn view(&self) -> parking_lot::RwLockReadGuard<'_, View> {

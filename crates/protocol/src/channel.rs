@@ -27,7 +27,8 @@ pub enum ChannelKind {
     PrivateEncrypted,
     /// `presence-`: signed with `channel_data`; member lists.
     Presence,
-    /// `#server-to-user-{id}`: only a socket signed in as that user receives it; not subscribable.
+    /// `#server-to-user-{id}`: every socket signed in as that user receives it;
+    /// only those sockets may subscribe (pusher-js does, after sign-in).
     ServerToUser,
 }
 
@@ -81,14 +82,17 @@ impl ChannelName {
         if chars > MAX_CHANNEL_NAME_LEN {
             return Err(ChannelNameError::TooLong(chars));
         }
-        let body = name.strip_prefix(SERVER_TO_USER_PREFIX);
-        if let Some(c) = body.unwrap_or(name).chars().find(|c| !is_channel_char(*c)) {
-            return Err(ChannelNameError::InvalidCharacter(c));
+        // After `#server-to-user-` comes a user id, which may hold any
+        // printable character; every other name uses the channel charset.
+        let invalid = match name.strip_prefix(SERVER_TO_USER_PREFIX) {
+            Some("") => return Err(ChannelNameError::Empty),
+            Some(user) => user.chars().find(|c| c.is_control()),
+            None => name.chars().find(|c| !is_channel_char(*c)),
+        };
+        match invalid {
+            Some(c) => Err(ChannelNameError::InvalidCharacter(c)),
+            None => Ok(Self::classify(name)),
         }
-        if body == Some("") {
-            return Err(ChannelNameError::Empty);
-        }
-        Ok(Self::classify(name))
     }
 
     /// The per-user channel of `user_id` (not validated: user ids are free-form).
@@ -201,6 +205,8 @@ mod tests {
             Err(ChannelNameError::Empty)
         );
         assert!(ChannelName::parse("#other").is_err());
+        assert!(ChannelName::parse("#server-to-user-auth0|42 x").is_ok());
+        assert!(ChannelName::parse("#server-to-user-a\nb").is_err());
     }
 
     proptest! {

@@ -12,7 +12,7 @@ pub const INVALID_VERSION_FORMAT: u16 = 4006;
 pub const UNSUPPORTED_PROTOCOL: u16 = 4007;
 pub const NO_PROTOCOL_VERSION: u16 = 4008;
 pub const UNAUTHORIZED: u16 = 4009;
-/// Over capacity; Herald uses it for slow consumers and per-IP limits.
+/// Over capacity; Herald uses it for slow consumers.
 pub const OVER_CAPACITY: u16 = 4100;
 /// Generic "reconnect now": server shutdown, drain.
 pub const RECONNECT: u16 = 4200;

@@ -251,11 +251,10 @@ pub fn cache_miss(channel: &str) -> String {
     )
 }
 
+/// `pusher:signin_success`; Pusher sends its data as an object.
 pub fn signin_success(user_data: &str) -> String {
-    connection_event(
-        "pusher:signin_success",
-        &serde_json::json!({ "user_data": user_data }),
-    )
+    let data = serde_json::json!({ "user_data": user_data }).to_string();
+    event_message("pusher:signin_success", None, &data, None)
 }
 
 /// Data of `pusher_internal:watchlist_events`: `(name, user_ids)` pairs such as

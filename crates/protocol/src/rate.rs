@@ -1,4 +1,4 @@
-//! A token bucket, used for per-connection client-event limits and per-app API limits.
+//! A token bucket, used for the per-connection client-event limit.
 
 use std::time::Instant;
 

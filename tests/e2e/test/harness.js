@@ -291,7 +291,7 @@ function spawnHerald(args, { env = {}, cwd } = {}) {
   if (!fs.existsSync(HERALD_BIN)) {
     throw new Error(`Herald binary not found at ${HERALD_BIN} (set HERALD_BIN)`);
   }
-  const childEnv = { ...process.env, RUST_BACKTRACE: '1', ...env };
+  const childEnv = { ...process.env, RUST_BACKTRACE: '1', NO_COLOR: '1', ...env };
   for (const [k, v] of Object.entries(env)) if (v === undefined) delete childEnv[k];
   return spawn(HERALD_BIN, args, { env: childEnv, cwd: cwd || os.tmpdir(), stdio: ['ignore', 'pipe', 'pipe'] });
 }
@@ -496,6 +496,15 @@ class RawClient {
     return m;
   }
 
+  /**
+   * Round-trip a pusher:ping. Herald handles a socket's messages in order, so once the pong is here every frame
+   * the server sent in answer to earlier messages of this socket has arrived too.
+   */
+  async barrier(timeoutMs = DEFAULT_TIMEOUT) {
+    this.send({ event: 'pusher:ping', data: {} });
+    await this.next('pusher:pong', timeoutMs, 'pusher:pong (barrier)');
+  }
+
   /** Wait (bounded) for the socket to close; returns {code, reason}. */
   async waitClose(timeoutMs = DEFAULT_TIMEOUT, what = 'socket close') {
     return withTimeout(this.closed, timeoutMs, `${what}; got: ${this.summary()}`);
@@ -561,6 +570,53 @@ function userAuth(app, socketId, userData) {
   return `${app.key}:${hmacHex(app.secret, `${socketId}::user::${userData}`)}`;
 }
 
+/**
+ * Send pusher:subscribe that must be refused for bad auth. Accepted refusals: real Pusher's `pusher:error`
+ * (`code: null`, a message, no channel) and/or the Herald/soketi-style `pusher:subscription_error`
+ * (`{type:"AuthError", error, status:401}` with the channel set); each one that is sent must be well formed.
+ * The channel must never report subscription_succeeded and the socket stays open.
+ * Parity with real Pusher (pusher:error must be among them) is asserted separately in channels.test.js.
+ * Returns {error, subscriptionError}.
+ */
+async function expectAuthRefused(client, channel, { auth, channel_data } = {}, what = channel) {
+  await client.established();
+  const start = client.messages.length;
+  const data = { channel };
+  if (auth !== undefined) data.auth = auth;
+  if (channel_data !== undefined) data.channel_data = channel_data;
+  client.send({ event: 'pusher:subscribe', data });
+  await client.next(
+    (m) => m.event === 'pusher:error' || (m.event === 'pusher:subscription_error' && m.channel === channel) || (m.event === 'pusher_internal:subscription_succeeded' && m.channel === channel),
+    DEFAULT_TIMEOUT,
+    `refusal of ${what}`,
+  );
+  await client.barrier(); // a second refusal frame sent together with the first has arrived now
+  const since = client.messages.slice(start);
+  assert.ok(
+    !since.some((m) => m.event === 'pusher_internal:subscription_succeeded' && m.channel === channel),
+    `${what}: must not succeed: ${client.summary()}`,
+  );
+  const error = since.find((m) => m.event === 'pusher:error');
+  const subscriptionError = since.find((m) => m.event === 'pusher:subscription_error');
+  if (error) {
+    assert.ok(error.data && typeof error.data === 'object', `${what}: pusher:error data is an object: ${error.raw}`);
+    assert.ok(error.data.code === null || error.data.code === undefined, `${what}: real Pusher uses code null for subscription auth errors: ${error.raw}`);
+    assert.equal(typeof error.data.message, 'string', `${what}: message: ${error.raw}`);
+  }
+  assert.ok(subscriptionError, `${what}: pusher:subscription_error (status 401) expected: ${client.summary()}`);
+  {
+    assert.equal(subscriptionError.channel, channel, subscriptionError.raw);
+    assert.equal(subscriptionError.data.type, 'AuthError', subscriptionError.raw);
+    assert.equal(subscriptionError.data.status, 401, subscriptionError.raw);
+  }
+  for (const m of [error, subscriptionError]) {
+    const i = client.unconsumed.indexOf(m);
+    if (i >= 0) client.unconsumed.splice(i, 1);
+  }
+  assert.ok(client.isOpen, `${what}: socket stays open`);
+  return { error, subscriptionError };
+}
+
 /** Subscribe a raw client to a presence channel as user `id`. */
 async function rawJoinPresence(client, app, channel, userId, userInfo = { name: `user ${userId}` }) {
   const socketId = await client.socketId();
@@ -577,7 +633,10 @@ async function rawSignin(client, app, userData) {
   const socketId = await client.socketId();
   const ud = typeof userData === 'string' ? userData : JSON.stringify(userData);
   client.send({ event: 'pusher:signin', data: { auth: userAuth(app, socketId, ud), user_data: ud } });
-  return client.next((m) => m.event === 'pusher:signin_success' || m.event === 'pusher:error', DEFAULT_TIMEOUT, 'signin answer');
+  return client.next((m) => m.event === 'pusher:signin_success' || m.event === 'pusher:error', DEFAULT_TIMEOUT, 'signin answer').catch((e) => {
+    if (client.closeInfo) return { event: '<closed>', data: client.closeInfo, raw: `socket closed ${client.closeInfo.code}` };
+    throw e;
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -587,7 +646,8 @@ async function rawSignin(client, app, userData) {
  * Make a signed Pusher HTTP API request.
  * @param {HeraldServer} server
  * @param {object} o {method, path (without /apps/id prefix unless `fullPath`), params, body (object|string),
- *                   app, timestamp, badSignature, fullPath, appId}
+ *                   app, timestamp, badSignature, signWith, fullPath, appId,
+ *                   emptyBodyMd5 (add body_md5 of the empty body, as the Python SDK does on GET)}
  */
 async function apiRequest(server, o) {
   const app = o.app || server.app;
@@ -601,7 +661,7 @@ async function apiRequest(server, o) {
     auth_version: '1.0',
     ...(o.params || {}),
   };
-  if (body !== undefined) params.body_md5 = crypto.createHash('md5').update(body, 'utf8').digest('hex');
+  if (body !== undefined || o.emptyBodyMd5) params.body_md5 = crypto.createHash('md5').update(body || '', 'utf8').digest('hex');
   const qs = Object.keys(params)
     .sort()
     .map((k) => `${k}=${params[k]}`)
@@ -775,6 +835,22 @@ async function echoClient(server, authServer, user, extra = {}) {
   return echo;
 }
 
+/**
+ * Resolve when an Echo channel (Echo.channel/private/join result) is subscribed. Echo's .subscribed(cb) only
+ * binds pusher:subscription_succeeded, which is missed if the subscription already completed, so check first.
+ */
+function echoSubscribed(echoChannel, timeoutMs = DEFAULT_TIMEOUT, what = `Echo subscription to ${echoChannel.name}`) {
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      if (echoChannel.subscription.subscribed) return resolve(echoChannel);
+      echoChannel.subscribed(() => resolve(echoChannel));
+      echoChannel.error((e) => reject(new Error(`${what}: subscription error ${JSON.stringify(e)}`)));
+    }),
+    timeoutMs,
+    what,
+  );
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Laravel-like auth endpoint
 
@@ -908,6 +984,7 @@ module.exports = {
   rawConnected,
   rawJoinPresence,
   rawSubscribePrivate,
+  expectAuthRefused,
   rawSignin,
   channelAuth,
   userAuth,
@@ -926,6 +1003,7 @@ module.exports = {
   noEventWithin,
   loadEcho,
   echoClient,
+  echoSubscribed,
   startAuthServer,
   authOptions,
   customAuthOptions,

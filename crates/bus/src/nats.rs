@@ -1,0 +1,234 @@
+//! The NATS bus of cluster mode.
+//!
+//! Each message is encoded once (MessagePack) and published on the subject
+//! of its (app, channel); a publish resolves only after the server has
+//! acknowledged it with a flush, so the HTTP API never answers 200 for an
+//! event NATS did not take. A gateway holds one NATS subscription per channel
+//! it has local subscribers for, plus one control subject per app. async-nats
+//! reconnects on its own and re-sends every live subscription, so nothing
+//! needs restarting after an outage.
+
+use crate::subject::{control_subject, event_subject};
+use crate::{Bus, BusError, BusMessage, Sink};
+use async_nats::connection::State;
+use async_nats::{Client, ConnectOptions};
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long a publish may wait for the server's acknowledgement.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a new subscriber waits for its channel's NATS subscription to be
+/// live before it is acknowledged anyway (NATS down: it will go live on reconnect).
+const INTEREST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How to reach NATS: servers, credentials, TLS.
+#[derive(Debug, Clone, Default)]
+pub struct NatsSettings {
+    pub servers: Vec<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    pub nkey_seed: Option<String>,
+    pub credentials_file: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_required: bool,
+    /// Client name shown by the NATS server (`herald-gateway-<node>`).
+    pub name: String,
+}
+
+/// Connects, retrying in the background if NATS is not up yet.
+/// `on_state(true)` runs on every (re)connect, `on_state(false)` on every loss.
+pub async fn connect(
+    settings: &NatsSettings,
+    on_state: impl Fn(bool) + Send + Sync + 'static,
+) -> Result<Client, BusError> {
+    let unavailable = |e: &dyn std::fmt::Display| BusError::Unavailable(e.to_string());
+    let mut options = ConnectOptions::new()
+        .name(&settings.name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(2))
+        .reconnect_delay_callback(|attempt| {
+            Duration::from_millis((attempt as u64 * 100).min(2000))
+        });
+    if let Some(path) = &settings.credentials_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| unavailable(&e))?;
+    }
+    if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    if let Some(token) = &settings.token {
+        options = options.token(token.clone());
+    }
+    if let Some(seed) = &settings.nkey_seed {
+        options = options.nkey(seed.clone());
+    }
+    if let Some(ca) = &settings.tls_ca {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&settings.tls_cert, &settings.tls_key) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if settings.tls_required {
+        options = options.require_tls(true);
+    }
+    let on_state = Arc::new(on_state);
+    options = options.event_callback(move |event| {
+        let on_state = on_state.clone();
+        async move {
+            match event {
+                async_nats::Event::Connected => {
+                    tracing::info!("NATS connected");
+                    on_state(true);
+                }
+                async_nats::Event::Disconnected => {
+                    tracing::warn!("NATS disconnected; reconnecting");
+                    on_state(false);
+                }
+                other => tracing::info!(event = %other, "NATS event"),
+            }
+        }
+    });
+    options
+        .connect(settings.servers.join(","))
+        .await
+        .map_err(|e| unavailable(&e))
+}
+
+/// A live NATS subscription; the task ends (and unsubscribes) when dropped.
+struct Subscription {
+    task: JoinHandle<()>,
+    live: watch::Receiver<bool>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub struct NatsBus {
+    client: Client,
+    prefix: String,
+    sink: Arc<OnceLock<Arc<dyn Sink>>>,
+    subscriptions: Mutex<HashMap<String, Subscription>>,
+}
+
+impl NatsBus {
+    pub fn new(client: Client, prefix: &str) -> Self {
+        Self {
+            client,
+            prefix: prefix.to_owned(),
+            sink: Arc::default(),
+            subscriptions: Mutex::default(),
+        }
+    }
+
+    /// Connects the receiving side (the gateway); called once at startup.
+    pub fn attach(&self, sink: Arc<dyn Sink>) {
+        if self.sink.set(sink).is_err() {
+            panic!("NatsBus::attach called twice");
+        }
+    }
+
+    /// Receives the control messages of `apps` (gateway role).
+    pub fn listen_control(&self, apps: &[String]) {
+        let mut subs = self.subscriptions.lock();
+        for app in apps {
+            let subject = control_subject(&self.prefix, app);
+            let sub = self.subscribe(subject.clone());
+            subs.insert(subject, sub);
+        }
+    }
+
+    fn subscribe(&self, subject: String) -> Subscription {
+        let (live_tx, live) = watch::channel(false);
+        let client = self.client.clone();
+        let sink = self.sink.clone();
+        let task = tokio::spawn(async move {
+            let mut messages = match client.subscribe(subject.clone()).await {
+                Ok(messages) => messages,
+                Err(e) => {
+                    tracing::error!(%subject, error = %e, "NATS subscribe failed");
+                    return;
+                }
+            };
+            if client.flush().await.is_ok() {
+                let _ = live_tx.send(true);
+            }
+            while let Some(message) = messages.next().await {
+                match BusMessage::decode(&message.payload) {
+                    Ok(decoded) => {
+                        if let Some(sink) = sink.get() {
+                            sink.deliver(&decoded);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(%subject, error = %e, "dropping undecodable bus message")
+                    }
+                }
+            }
+        });
+        Subscription { task, live }
+    }
+}
+
+impl Bus for NatsBus {
+    fn publish(&self, message: BusMessage) -> BoxFuture<'static, Result<(), BusError>> {
+        let subject = match &message {
+            BusMessage::Event(e) => event_subject(&self.prefix, &e.app, &e.channel),
+            BusMessage::TerminateUser { app, .. } => control_subject(&self.prefix, app),
+        };
+        let payload = bytes::Bytes::from(message.encode());
+        let client = self.client.clone();
+        Box::pin(async move {
+            if client.connection_state() != State::Connected {
+                return Err(BusError::Unavailable("NATS is not connected".into()));
+            }
+            let sent = tokio::time::timeout(PUBLISH_TIMEOUT, async {
+                client
+                    .publish(subject, payload)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                client.flush().await.map_err(|e| e.to_string())
+            })
+            .await;
+            match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(BusError::Unavailable(e)),
+                Err(_) => Err(BusError::Unavailable(
+                    "NATS did not acknowledge the publish in time".into(),
+                )),
+            }
+        })
+    }
+
+    fn set_interest(&self, app: &str, channel: &str, interested: bool) -> BoxFuture<'static, ()> {
+        let subject = event_subject(&self.prefix, app, channel);
+        let mut subs = self.subscriptions.lock();
+        if !interested {
+            subs.remove(&subject);
+            return Box::pin(std::future::ready(()));
+        }
+        let mut live = subs
+            .entry(subject.clone())
+            .or_insert_with(|| self.subscribe(subject))
+            .live
+            .clone();
+        Box::pin(async move {
+            let _ = tokio::time::timeout(INTEREST_TIMEOUT, live.wait_for(|l| *l)).await;
+        })
+    }
+}
