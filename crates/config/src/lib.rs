@@ -65,6 +65,9 @@ pub struct NatsConfig {
     pub cache_bucket: String,
     /// Replicas of both buckets (3 on a 3-server NATS cluster).
     pub kv_replicas: usize,
+    /// Seconds after which a gateway that stopped heartbeating counts as dead
+    /// and its presence members are removed cluster-wide.
+    pub node_ttl: u64,
 }
 
 impl Default for NatsConfig {
@@ -84,6 +87,7 @@ impl Default for NatsConfig {
             state_bucket: "herald-state".into(),
             cache_bucket: "herald-cache".into(),
             kv_replicas: 1,
+            node_ttl: 3,
         }
     }
 }
@@ -336,6 +340,9 @@ impl Config {
                 "nats.kv_replicas".into(),
                 "must be between 1 and 5",
             ));
+        }
+        if self.nats.node_ttl == 0 {
+            return Err(invalid("nats.node_ttl".into(), "must be at least 1 second"));
         }
         if self.nats.user.is_some() != self.nats.password.is_some() {
             return Err(invalid(

@@ -207,6 +207,7 @@ async fn backbone(
         state_bucket: n.state_bucket.clone(),
         cache_bucket: n.cache_bucket.clone(),
         replicas: n.kv_replicas,
+        node_ttl: Duration::from_secs(n.node_ttl),
     };
     let state = ChannelState::replicated(client.clone(), node_id, &kv)
         .await

@@ -5,6 +5,7 @@
 //!
 //! | key (tokens encoded with `herald_protocol::token`) | value |
 //! | --- | --- |
+//! | `n.{node}` | heartbeat: written every `node_ttl / 3` with a per-message TTL of `node_ttl` |
 //! | `s.{app}.{channel}.{node}` | the node's subscription count (decimal) |
 //! | `m.{app}.{channel}.{user}.{node}` | the member's `user_info` JSON |
 //! | `o.{app}.{user}.{node}` | `1` while the user is signed in on the node |
@@ -18,25 +19,43 @@
 //! watch has applied that revision, which is what makes "member_added
 //! before subscription_succeeded" and read-your-writes hold across the
 //! cluster.
+//!
+//! Liveness costs one write per node per beat, however many members it has.
+//! When a heartbeat expires, the server's limit marker (NATS 2.11+) shows up
+//! in every watch at the same stream position: every node drops the dead
+//! node's entries from its view at once, telling its own sockets
+//! `member_removed`, and the live node with the lowest id deletes the keys.
+//! A node that never heartbeats again after a restart of NATS or of the
+//! watching node is dropped by a sweep after `node_ttl` plus a grace period.
+//! A live node whose entries were removed (its heartbeat lapsed, or NATS
+//! lost its data) writes them again from its local counts.
 
-use crate::{CachedEvent, Change, Replica};
+use crate::{CachedEvent, Change, Shared};
 use async_nats::jetstream::kv::{self, Operation, Store};
+use async_nats::jetstream::Context;
 use bytes::Bytes;
 use futures::StreamExt;
 use herald_protocol::token::{decode_token, encode_token};
+use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
 /// How long a node waits for its own write to come back through the watch.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long delete markers of expired heartbeats stay in the bucket.
+const MARKER_TTL: Duration = Duration::from_secs(60);
 
-/// Bucket names and replication.
+/// Bucket names, replication and liveness timing.
 #[derive(Debug, Clone)]
 pub struct KvSettings {
     pub state_bucket: String,
     pub cache_bucket: String,
     pub replicas: usize,
+    /// A node whose heartbeat is this old is dead; beats go out every third of it.
+    pub node_ttl: Duration,
 }
 
 impl Default for KvSettings {
@@ -45,15 +64,9 @@ impl Default for KvSettings {
             state_bucket: "herald-state".into(),
             cache_bucket: "herald-cache".into(),
             replicas: 1,
+            node_ttl: Duration::from_secs(3),
         }
     }
-}
-
-pub(crate) struct KvStore {
-    state: Store,
-    cache: Store,
-    state_applied: watch::Receiver<u64>,
-    cache_applied: watch::Receiver<u64>,
 }
 
 fn key(parts: &[&str]) -> String {
@@ -65,7 +78,7 @@ fn key(parts: &[&str]) -> String {
 }
 
 /// The bucket key and value (None: delete) a change writes.
-fn encode(change: &Change) -> (bool, String, Option<Bytes>) {
+fn encode(change: &Change) -> (String, Option<Bytes>) {
     match change {
         Change::Subscriptions {
             app,
@@ -74,7 +87,7 @@ fn encode(change: &Change) -> (bool, String, Option<Bytes>) {
             count,
         } => {
             let value = (*count > 0).then(|| Bytes::from(count.to_string()));
-            (false, format!("s.{}", key(&[app, channel, node])), value)
+            (format!("s.{}", key(&[app, channel, node])), value)
         }
         Change::Member {
             app,
@@ -84,11 +97,7 @@ fn encode(change: &Change) -> (bool, String, Option<Bytes>) {
             info,
         } => {
             let value = info.clone().map(Bytes::from);
-            (
-                false,
-                format!("m.{}", key(&[app, channel, user, node])),
-                value,
-            )
+            (format!("m.{}", key(&[app, channel, user, node])), value)
         }
         Change::Online {
             app,
@@ -97,7 +106,7 @@ fn encode(change: &Change) -> (bool, String, Option<Bytes>) {
             online,
         } => {
             let value = online.then(|| Bytes::from_static(b"1"));
-            (false, format!("o.{}", key(&[app, user, node])), value)
+            (format!("o.{}", key(&[app, user, node])), value)
         }
         Change::Cache {
             app,
@@ -107,9 +116,18 @@ fn encode(change: &Change) -> (bool, String, Option<Bytes>) {
             let value = event
                 .as_ref()
                 .map(|e| Bytes::from(serde_json::to_vec(e).expect("cached events serialize")));
-            (true, format!("c.{}", key(&[app, channel])), value)
+            (format!("c.{}", key(&[app, channel])), value)
         }
     }
+}
+
+fn heartbeat_key(node: &str) -> String {
+    format!("n.{}", encode_token(node))
+}
+
+/// The node whose heartbeat key this is.
+fn heartbeat_node(key: &str) -> Option<String> {
+    decode_token(key.strip_prefix("n.")?)
 }
 
 /// The change an entry of either bucket stands for; None for foreign keys.
@@ -148,7 +166,7 @@ fn decode(key: &str, value: Option<&[u8]>) -> Option<Change> {
 }
 
 async fn open_bucket(
-    js: &async_nats::jetstream::Context,
+    js: &Context,
     name: &str,
     replicas: usize,
     max_age: Duration,
@@ -158,17 +176,293 @@ async fn open_bucket(
         history: 1,
         max_age,
         num_replicas: replicas,
+        // Per-message TTL for heartbeats, and a visible marker when one expires.
+        limit_markers: Some(MARKER_TTL),
         ..Default::default()
     })
     .await
     .map_err(|e| format!("cannot open KV bucket {name}: {e}"))
 }
 
-/// Folds the bucket into the replica forever, re-opening the watch after
-/// errors from the revision after the last one applied.
-fn spawn_watcher(store: Store, replica: Arc<Replica>, applied: watch::Sender<u64>) {
+/// When each other node last heartbeated, as this node saw it.
+struct Liveness {
+    ttl: Duration,
+    started: Instant,
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl Liveness {
+    fn seen(&self, node: &str) {
+        self.seen.lock().insert(node.to_owned(), Instant::now());
+    }
+
+    fn forget(&self, node: &str) {
+        self.seen.lock().remove(node);
+    }
+
+    /// Nodes not heard from within the TTL plus a grace period (at least
+    /// since this node started watching).
+    fn silent(&self, candidates: impl IntoIterator<Item = String>) -> Vec<String> {
+        let seen = self.seen.lock();
+        let limit = self.ttl + self.ttl / 3;
+        candidates
+            .into_iter()
+            .filter(|n| seen.get(n).copied().unwrap_or(self.started).elapsed() > limit)
+            .collect()
+    }
+
+    /// Whether `node` has the lowest id among the nodes heard from lately.
+    fn is_lowest_live(&self, node: &str) -> bool {
+        let seen = self.seen.lock();
+        !seen
+            .iter()
+            .any(|(other, at)| other.as_str() < node && at.elapsed() <= self.ttl)
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    js: Context,
+    settings: KvSettings,
+    state: Store,
+    cache: Store,
+    state_applied: watch::Receiver<u64>,
+    cache_applied: watch::Receiver<u64>,
+    liveness: Liveness,
+    /// Rewrite every local entry (they were removed while this node lived).
+    reassert: Notify,
+}
+
+pub(crate) struct KvStore {
+    inner: Arc<Inner>,
+}
+
+/// Waits (bounded) until the watch has applied `revision`.
+async fn wait_applied(applied: &watch::Receiver<u64>, revision: u64) {
+    let mut applied = applied.clone();
+    if tokio::time::timeout(APPLY_TIMEOUT, applied.wait_for(|r| *r >= revision))
+        .await
+        .is_err()
+    {
+        tracing::warn!(revision, "KV write not seen by the watch in time");
+    }
+}
+
+impl Inner {
+    fn store(&self, change: &Change) -> (&Store, &watch::Receiver<u64>) {
+        match change {
+            Change::Cache { .. } => (&self.cache, &self.cache_applied),
+            _ => (&self.state, &self.state_applied),
+        }
+    }
+
+    async fn write(&self, change: &Change) -> Result<(), String> {
+        let (store, applied) = self.store(change);
+        let (key, value) = encode(change);
+        match value {
+            Some(value) => {
+                let revision = store.put(&key, value).await.map_err(|e| e.to_string())?;
+                wait_applied(applied, revision).await;
+                Ok(())
+            }
+            None => store.delete(&key).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Publishes this node's heartbeat with a per-message TTL.
+    async fn heartbeat(&self) -> Result<(), String> {
+        let subject = format!(
+            "$KV.{}.{}",
+            self.settings.state_bucket,
+            heartbeat_key(&self.shared.node)
+        );
+        let mut headers = async_nats::HeaderMap::new();
+        let ttl = self.settings.node_ttl.as_secs().max(1);
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_TTL,
+            ttl.to_string().as_str(),
+        );
+        let ack = self
+            .js
+            .publish_with_headers(
+                subject,
+                headers,
+                Bytes::from(crate::unix_millis().to_string()),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        ack.await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// Rewrites every entry this node holds.
+    async fn reassert_all(&self) {
+        let local = self.shared.local.lock().await;
+        let changes = local.changes(&self.shared.node);
+        tracing::info!(
+            entries = changes.len(),
+            "re-asserting this node's presence and occupancy entries"
+        );
+        for change in changes {
+            if let Err(e) = self.write(&change).await {
+                tracing::warn!(error = %e, "re-assert failed; will retry");
+                self.reassert.notify_one();
+                return;
+            }
+        }
+    }
+
+    /// A dead node's entries leave every view; the lowest live node deletes the keys.
+    fn node_gone(self: &Arc<Self>, node: &str) {
+        if node == self.shared.node {
+            tracing::warn!("this node's heartbeat lapsed; re-asserting its entries");
+            self.reassert.notify_one();
+            return;
+        }
+        self.liveness.forget(node);
+        let removals = self.shared.replica.remove_node(node);
+        if removals.is_empty() {
+            return;
+        }
+        tracing::info!(
+            node,
+            entries = removals.len(),
+            "node is gone; its members were removed"
+        );
+        if self.liveness.is_lowest_live(&self.shared.node) {
+            let inner = self.clone();
+            tokio::spawn(async move {
+                for removal in removals {
+                    if let Err(e) = inner.write(&removal).await {
+                        tracing::warn!(error = %e, "deleting a dead node's key failed");
+                    }
+                }
+            });
+        }
+    }
+
+    /// An entry of this node was removed: write it again if this node still holds it.
+    fn repair(self: &Arc<Self>, removed: Change) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let local = inner.shared.local.lock().await;
+            if let Some(restored) = local.restore(&removed) {
+                tracing::info!(
+                    ?restored,
+                    "restoring an entry removed while this node holds it"
+                );
+                if let Err(e) = inner.write(&restored).await {
+                    tracing::warn!(error = %e, "restoring an entry failed");
+                    inner.reassert.notify_one();
+                }
+            }
+        });
+    }
+
+    fn owned_by_me(&self, change: &Change) -> bool {
+        match change {
+            Change::Subscriptions { node, .. }
+            | Change::Member { node, .. }
+            | Change::Online { node, .. } => *node == self.shared.node,
+            Change::Cache { .. } => false,
+        }
+    }
+
+    fn on_entry(self: &Arc<Self>, entry: &kv::Entry) {
+        let put = entry.operation == Operation::Put;
+        if let Some(node) = heartbeat_node(&entry.key) {
+            if put {
+                self.liveness.seen(&node);
+            } else {
+                self.node_gone(&node);
+            }
+            return;
+        }
+        let Some(change) = decode(&entry.key, put.then_some(&entry.value[..])) else {
+            return;
+        };
+        let removal_of_mine = !put && self.owned_by_me(&change);
+        self.shared.replica.apply(change.clone());
+        if removal_of_mine {
+            self.repair(change);
+        }
+    }
+
+    /// Beats, sweeps silent nodes, and re-asserts after losses, forever.
+    async fn keep_alive(self: Arc<Self>) {
+        let beat = (self.settings.node_ttl / 3).max(Duration::from_millis(200));
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(beat) => {}
+                _ = self.reassert.notified() => {
+                    let _ = self.heartbeat().await;
+                    self.reassert_all().await;
+                    continue;
+                }
+            }
+            match self.heartbeat().await {
+                Ok(()) if failing => {
+                    // NATS is back, possibly without its data: make sure the
+                    // buckets exist and everything this node holds is there.
+                    failing = false;
+                    tracing::info!("KV reachable again");
+                    self.reopen_buckets().await;
+                    self.reassert_all().await;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "heartbeat failed");
+                    }
+                    failing = true;
+                    self.reopen_buckets().await;
+                }
+            }
+            let others = self.shared.replica.view.read().nodes();
+            let mine = self.shared.node.clone();
+            for node in self
+                .liveness
+                .silent(others.into_iter().filter(|n| *n != mine))
+            {
+                self.node_gone(&node);
+            }
+        }
+    }
+
+    /// Re-creates the buckets if NATS lost them (restart without JetStream data).
+    async fn reopen_buckets(&self) {
+        let s = &self.settings;
+        let cache_ttl = Duration::from_millis(crate::CACHE_TTL_MS);
+        for (name, max_age) in [
+            (&s.state_bucket, Duration::ZERO),
+            (&s.cache_bucket, cache_ttl),
+        ] {
+            if let Err(e) = open_bucket(&self.js, name, s.replicas, max_age).await {
+                tracing::debug!(error = %e, "bucket not reopened yet");
+            }
+        }
+    }
+}
+
+/// Folds a bucket into the view forever. After an error the watch resumes
+/// after the last applied revision; if the bucket was re-created (NATS lost
+/// its data), from its start.
+fn spawn_watcher(inner: Arc<Inner>, cache: bool, applied: watch::Sender<u64>) {
     tokio::spawn(async move {
         loop {
+            let store = if cache { &inner.cache } else { &inner.state };
+            let last = match store.status().await {
+                Ok(status) => status.info.state.last_sequence,
+                Err(e) => {
+                    tracing::debug!(bucket = %store.name, error = %e, "KV bucket unavailable");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            if last < *applied.borrow() {
+                tracing::warn!(bucket = %store.name, "KV bucket was re-created; re-reading it");
+                applied.send_replace(0);
+            }
             let next = *applied.borrow() + 1;
             let watch = if next == 1 {
                 store.watch_with_history(">").await
@@ -184,40 +478,29 @@ fn spawn_watcher(store: Store, replica: Arc<Replica>, applied: watch::Sender<u64
                 }
             };
             while let Some(entry) = entries.next().await {
-                let entry = match entry {
-                    Ok(entry) => entry,
+                match entry {
+                    Ok(entry) => {
+                        inner.on_entry(&entry);
+                        applied.send_replace(entry.revision);
+                    }
                     Err(e) => {
                         tracing::warn!(bucket = %store.name, error = %e, "KV watch interrupted; resuming");
                         break;
                     }
-                };
-                let value = (entry.operation == Operation::Put).then_some(&entry.value[..]);
-                if let Some(change) = decode(&entry.key, value) {
-                    replica.apply(change);
                 }
-                applied.send_replace(entry.revision);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
 }
 
-/// Waits (bounded) until the watch has applied `revision`.
-async fn wait_applied(applied: &watch::Receiver<u64>, revision: u64) {
-    let mut applied = applied.clone();
-    if tokio::time::timeout(APPLY_TIMEOUT, applied.wait_for(|r| *r >= revision))
-        .await
-        .is_err()
-    {
-        tracing::warn!(revision, "KV write not seen by the watch in time");
-    }
-}
-
 impl KvStore {
+    /// Opens the buckets, heartbeats, reads every existing entry into the
+    /// view, and clears what a previous life of this node id left behind.
     pub(crate) async fn open(
         client: async_nats::Client,
         settings: &KvSettings,
-        replica: Arc<Replica>,
+        shared: Arc<Shared>,
     ) -> Result<Self, String> {
         let js = async_nats::jetstream::new(client);
         let state = open_bucket(
@@ -229,51 +512,62 @@ impl KvStore {
         .await?;
         let cache_ttl = Duration::from_millis(crate::CACHE_TTL_MS);
         let cache = open_bucket(&js, &settings.cache_bucket, settings.replicas, cache_ttl).await?;
-        let mut appliers = Vec::new();
+        let mut lasts = Vec::new();
         for store in [&state, &cache] {
-            let (tx, rx) = watch::channel(0);
-            let last = store
+            let status = store
                 .status()
                 .await
-                .map_err(|e| format!("cannot read KV bucket {}: {e}", store.name))?
-                .info
-                .state
-                .last_sequence;
-            spawn_watcher(store.clone(), replica.clone(), tx);
-            // Serve nothing before the existing entries are in the view.
-            wait_applied(&rx, last).await;
-            appliers.push(rx);
+                .map_err(|e| format!("cannot read KV bucket {}: {e}", store.name))?;
+            lasts.push(status.info.state.last_sequence);
         }
-        let cache_applied = appliers.pop().expect("two buckets");
-        let state_applied = appliers.pop().expect("two buckets");
-        Ok(Self {
+        let (state_tx, state_applied) = watch::channel(0);
+        let (cache_tx, cache_applied) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            shared,
+            js,
+            settings: settings.clone(),
             state,
             cache,
             state_applied,
             cache_applied,
-        })
+            liveness: Liveness {
+                ttl: settings.node_ttl,
+                started: Instant::now(),
+                seen: Mutex::default(),
+            },
+            reassert: Notify::new(),
+        });
+        inner.heartbeat().await?;
+        spawn_watcher(inner.clone(), false, state_tx);
+        spawn_watcher(inner.clone(), true, cache_tx);
+        // Serve nothing before the existing entries are in the view.
+        wait_applied(&inner.state_applied, lasts[0]).await;
+        wait_applied(&inner.cache_applied, lasts[1]).await;
+        let stale = inner
+            .shared
+            .replica
+            .view
+            .read()
+            .owned_by(&inner.shared.node);
+        if !stale.is_empty() {
+            tracing::info!(
+                entries = stale.len(),
+                "removing entries left by a previous run of this node id"
+            );
+            for removal in stale {
+                inner.write(&removal).await?;
+            }
+        }
+        tokio::spawn(inner.clone().keep_alive());
+        Ok(Self { inner })
     }
 
     /// Writes one owned entry; a put returns once this node's view has it.
+    /// A failure is logged; the entry is written again when NATS is back.
     pub(crate) async fn write(&self, change: &Change) {
-        let (is_cache, key, value) = encode(change);
-        let (store, applied) = if is_cache {
-            (&self.cache, &self.cache_applied)
-        } else {
-            (&self.state, &self.state_applied)
-        };
-        let result = match value {
-            Some(value) => match store.put(&key, value).await {
-                Ok(revision) => {
-                    wait_applied(applied, revision).await;
-                    Ok(())
-                }
-                Err(e) => Err(e.to_string()),
-            },
-            None => store.delete(&key).await.map_err(|e| e.to_string()),
-        };
-        if let Err(e) = result {
-            tracing::warn!(%key, error = %e, "KV write failed");
+        if let Err(e) = self.inner.write(change).await {
+            tracing::warn!(error = %e, "KV write failed");
+            self.inner.reassert.notify_one();
         }
     }
 }
@@ -328,7 +622,7 @@ mod tests {
             },
         ];
         for change in changes {
-            let (_, key, value) = encode(&change);
+            let (key, value) = encode(&change);
             assert!(
                 key.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_=.".contains(&b)),
@@ -337,6 +631,8 @@ mod tests {
             assert_eq!(decode(&key, value.as_deref()), Some(change));
         }
         assert_eq!(decode("x.1", None), None);
+        assert_eq!(heartbeat_node(&heartbeat_key("gw.1")), Some("gw.1".into()));
+        assert_eq!(decode(&heartbeat_key("gw"), None), None);
         assert_eq!(decode("s.1.2", None), None);
     }
 }

@@ -33,12 +33,94 @@ pub enum JoinError {
     Full { max: usize },
 }
 
-/// This node's own reference counts; only the first and last of each write to the view.
+/// This node's own reference counts; only the first and last of each write
+/// to the view. They are the truth about this node's entries: the replicated
+/// store is rewritten from them whenever it lost some (see `kv`).
 #[derive(Default)]
-struct Local {
+pub(crate) struct Local {
     subscriptions: HashMap<(String, String), usize>,
-    members: HashMap<(String, String, String), usize>,
+    /// Connections and `user_info` per (app, channel, user).
+    members: HashMap<(String, String, String), (usize, String)>,
     online: HashMap<(String, String), usize>,
+}
+
+impl Local {
+    /// Every entry this node owns, as the changes that write it.
+    pub(crate) fn changes(&self, node: &str) -> Vec<Change> {
+        let subscriptions =
+            self.subscriptions
+                .iter()
+                .map(|((app, channel), count)| Change::Subscriptions {
+                    app: app.clone(),
+                    channel: channel.clone(),
+                    node: node.into(),
+                    count: *count,
+                });
+        let members = self
+            .members
+            .iter()
+            .map(|((app, channel, user), (_, info))| Change::Member {
+                app: app.clone(),
+                channel: channel.clone(),
+                user: user.clone(),
+                node: node.into(),
+                info: Some(info.clone()),
+            });
+        let online = self.online.keys().map(|(app, user)| Change::Online {
+            app: app.clone(),
+            user: user.clone(),
+            node: node.into(),
+            online: true,
+        });
+        subscriptions.chain(members).chain(online).collect()
+    }
+
+    /// For a removal of one of this node's entries: the write that restores
+    /// it, if this node still holds it.
+    pub(crate) fn restore(&self, removed: &Change) -> Option<Change> {
+        let mut restored = removed.clone();
+        match &mut restored {
+            Change::Subscriptions {
+                app,
+                channel,
+                count,
+                ..
+            } => {
+                *count = *self.subscriptions.get(&(app.clone(), channel.clone()))?;
+            }
+            Change::Member {
+                app,
+                channel,
+                user,
+                info,
+                ..
+            } => {
+                *info = Some(
+                    self.members
+                        .get(&(app.clone(), channel.clone(), user.clone()))?
+                        .1
+                        .clone(),
+                );
+            }
+            Change::Online {
+                app, user, online, ..
+            } => {
+                self.online.get(&(app.clone(), user.clone()))?;
+                *online = true;
+            }
+            Change::Cache { .. } => return None,
+        }
+        Some(restored)
+    }
+}
+
+/// What the state front and the store's background tasks share.
+pub(crate) struct Shared {
+    pub(crate) node: String,
+    pub(crate) replica: Replica,
+    /// Serialises this node's writes, so a put and the delete that follows it
+    /// can never reach the store in the other order.
+    pub(crate) local: tokio::sync::Mutex<Local>,
 }
 
 /// The shared view plus where transitions go.
@@ -55,16 +137,21 @@ impl Replica {
             listener.on_transition(&t);
         }
     }
+
+    /// Drops every entry `node` owns (it died); returns the removals made.
+    pub(crate) fn remove_node(&self, node: &str) -> Vec<Change> {
+        let removals = self.view.read().owned_by(node);
+        for removal in &removals {
+            self.apply(removal.clone());
+        }
+        removals
+    }
 }
 
 pub struct ChannelState {
-    node: String,
-    replica: Arc<Replica>,
+    shared: Arc<Shared>,
     /// Cluster mode's replicated store; standalone applies writes directly.
     store: Option<kv::KvStore>,
-    /// Serialises this node's writes, so a put and the delete that follows it
-    /// can never reach the store in the other order.
-    local: tokio::sync::Mutex<Local>,
 }
 
 fn bump<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: K, up: bool) -> usize {
@@ -87,10 +174,12 @@ impl ChannelState {
     /// The standalone state: one node, writes applied at once.
     pub fn in_memory() -> Self {
         Self {
-            node: "local".into(),
-            replica: Arc::default(),
+            shared: Arc::new(Shared {
+                node: "local".into(),
+                replica: Replica::default(),
+                local: Default::default(),
+            }),
             store: None,
-            local: Default::default(),
         }
     }
 
@@ -101,19 +190,21 @@ impl ChannelState {
         node: &str,
         settings: &kv::KvSettings,
     ) -> Result<Self, String> {
-        let replica: Arc<Replica> = Arc::default();
-        let store = kv::KvStore::open(client, settings, replica.clone()).await?;
-        Ok(Self {
+        let shared = Arc::new(Shared {
             node: node.to_owned(),
-            replica,
-            store: Some(store),
+            replica: Replica::default(),
             local: Default::default(),
+        });
+        let store = kv::KvStore::open(client, settings, shared.clone()).await?;
+        Ok(Self {
+            shared,
+            store: Some(store),
         })
     }
 
     /// Where transitions go; set once, before traffic.
     pub fn set_listener(&self, listener: Arc<dyn Listener>) {
-        if self.replica.listener.set(listener).is_err() {
+        if self.shared.replica.listener.set(listener).is_err() {
             panic!("ChannelState::set_listener called twice");
         }
     }
@@ -121,12 +212,12 @@ impl ChannelState {
     async fn write(&self, change: Change) {
         match &self.store {
             Some(store) => store.write(&change).await,
-            None => self.replica.apply(change),
+            None => self.shared.replica.apply(change),
         }
     }
 
     fn view(&self) -> parking_lot::RwLockReadGuard<'_, View> {
-        self.replica.view.read()
+        self.shared.replica.view.read()
     }
 
     /// Counts one more local subscription to `channel`.
@@ -140,7 +231,7 @@ impl ChannelState {
     }
 
     async fn change_subscriptions(&self, app: &str, channel: &str, up: bool) {
-        let mut local = self.local.lock().await;
+        let mut local = self.shared.local.lock().await;
         let key = (app.to_owned(), channel.to_owned());
         let count = bump(&mut local.subscriptions, key.clone(), up);
         drop_zero(&mut local.subscriptions, &key);
@@ -148,7 +239,7 @@ impl ChannelState {
         self.write(Change::Subscriptions {
             app,
             channel,
-            node: self.node.clone(),
+            node: self.shared.node.clone(),
             count,
         })
         .await;
@@ -165,7 +256,7 @@ impl ChannelState {
         info: &str,
         max_members: usize,
     ) -> Result<(), JoinError> {
-        let mut local = self.local.lock().await;
+        let mut local = self.shared.local.lock().await;
         let key = (app.to_owned(), channel.to_owned(), user.to_owned());
         if !local.members.contains_key(&key) {
             let view = self.view();
@@ -175,13 +266,18 @@ impl ChannelState {
                 return Err(JoinError::Full { max: max_members });
             }
         }
-        if bump(&mut local.members, key, true) == 1 {
+        let entry = local
+            .members
+            .entry(key)
+            .or_insert_with(|| (0, info.to_owned()));
+        entry.0 += 1;
+        if entry.0 == 1 {
             let info = Some(info.to_owned());
             let change = Change::Member {
                 app: app.into(),
                 channel: channel.into(),
                 user: user.into(),
-                node: self.node.clone(),
+                node: self.shared.node.clone(),
                 info,
             };
             self.write(change).await;
@@ -191,15 +287,19 @@ impl ChannelState {
 
     /// Removes one local connection of `user` from a presence channel.
     pub async fn leave(&self, app: &str, channel: &str, user: &str) {
-        let mut local = self.local.lock().await;
+        let mut local = self.shared.local.lock().await;
         let key = (app.to_owned(), channel.to_owned(), user.to_owned());
-        if bump(&mut local.members, key.clone(), false) == 0 {
-            drop_zero(&mut local.members, &key);
+        let Some(entry) = local.members.get_mut(&key) else {
+            return;
+        };
+        entry.0 -= 1;
+        if entry.0 == 0 {
+            local.members.remove(&key);
             let change = Change::Member {
                 app: app.into(),
                 channel: channel.into(),
                 user: user.into(),
-                node: self.node.clone(),
+                node: self.shared.node.clone(),
                 info: None,
             };
             self.write(change).await;
@@ -216,7 +316,7 @@ impl ChannelState {
     }
 
     async fn change_online(&self, app: &str, user: &str, up: bool) {
-        let mut local = self.local.lock().await;
+        let mut local = self.shared.local.lock().await;
         let key = (app.to_owned(), user.to_owned());
         let count = bump(&mut local.online, key.clone(), up);
         drop_zero(&mut local.online, &key);
@@ -224,7 +324,7 @@ impl ChannelState {
             let change = Change::Online {
                 app: app.into(),
                 user: user.into(),
-                node: self.node.clone(),
+                node: self.shared.node.clone(),
                 online: up,
             };
             self.write(change).await;
@@ -271,7 +371,7 @@ impl ChannelState {
     }
 }
 
-fn unix_millis() -> u64 {
+pub(crate) fn unix_millis() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -232,6 +232,58 @@ impl View {
         }
     }
 
+    /// The changes that would remove every entry `node` owns.
+    pub fn owned_by(&self, node: &str) -> Vec<Change> {
+        let mut out = Vec::new();
+        for (app, app_view) in &self.apps {
+            for (channel, c) in &app_view.channels {
+                if c.subscriptions.contains_key(node) {
+                    out.push(Change::Subscriptions {
+                        app: app.clone(),
+                        channel: channel.clone(),
+                        node: node.into(),
+                        count: 0,
+                    });
+                }
+                for (user, nodes) in &c.members {
+                    if nodes.contains_key(node) {
+                        out.push(Change::Member {
+                            app: app.clone(),
+                            channel: channel.clone(),
+                            user: user.clone(),
+                            node: node.into(),
+                            info: None,
+                        });
+                    }
+                }
+            }
+            for (user, nodes) in &app_view.online {
+                if nodes.contains(node) {
+                    out.push(Change::Online {
+                        app: app.clone(),
+                        user: user.clone(),
+                        node: node.into(),
+                        online: false,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Every node that owns at least one entry.
+    pub fn nodes(&self) -> HashSet<String> {
+        let mut out = HashSet::new();
+        for app_view in self.apps.values() {
+            for c in app_view.channels.values() {
+                out.extend(c.subscriptions.keys().cloned());
+                out.extend(c.members.values().flat_map(|n| n.keys().cloned()));
+            }
+            out.extend(app_view.online.values().flatten().cloned());
+        }
+        out
+    }
+
     pub fn has_member(&self, app: &str, channel: &str, user: &str) -> bool {
         self.channel(app, channel)
             .is_some_and(|c| c.members.contains_key(user))
@@ -360,6 +412,40 @@ mod tests {
         // A repeated removal changes nothing.
         assert_eq!(v.apply(member("u1", "n2", None)), None);
         assert_eq!(v.users("a", "presence-x"), vec!["u2".to_string()]);
+    }
+
+    #[test]
+    fn removing_a_node_removes_exactly_its_entries() {
+        let mut v = View::default();
+        v.apply(member("u1", "n1", Some("{}")));
+        v.apply(member("u1", "n2", Some("{}")));
+        v.apply(member("u2", "n2", Some("{}")));
+        v.apply(Change::Subscriptions {
+            app: "a".into(),
+            channel: "orders".into(),
+            node: "n2".into(),
+            count: 4,
+        });
+        v.apply(Change::Online {
+            app: "a".into(),
+            user: "u2".into(),
+            node: "n2".into(),
+            online: true,
+        });
+        assert_eq!(v.nodes().len(), 2);
+        let removal = v.owned_by("n2");
+        assert_eq!(removal.len(), 4);
+        let transitions: Vec<_> = removal.into_iter().filter_map(|c| v.apply(c)).collect();
+        // u1 is still on n1: only u2 leaves, goes offline, and the count drops.
+        assert_eq!(transitions.len(), 3);
+        assert!(transitions.contains(&Transition::MemberRemoved {
+            app: "a".into(),
+            channel: "presence-x".into(),
+            user: "u2".into()
+        }));
+        assert_eq!(v.users("a", "presence-x"), ["u1"]);
+        assert!(v.owned_by("n2").is_empty());
+        assert_eq!(v.nodes().len(), 1);
     }
 
     #[test]
