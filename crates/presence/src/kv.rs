@@ -184,37 +184,100 @@ async fn open_bucket(
     .map_err(|e| format!("cannot open KV bucket {name}: {e}"))
 }
 
+/// The current (not cached) state of a bucket's stream.
+async fn bucket_info(
+    js: &Context,
+    bucket: &str,
+) -> Result<async_nats::jetstream::stream::Info, String> {
+    let stream = js
+        .get_stream(format!("KV_{bucket}"))
+        .await
+        .map_err(|e| format!("KV bucket {bucket} unavailable: {e}"))?;
+    stream
+        .get_info()
+        .await
+        .map_err(|e| format!("KV bucket {bucket} unavailable: {e}"))
+}
+
 /// When each other node last heartbeated, as this node saw it.
 struct Liveness {
     ttl: Duration,
-    started: Instant,
-    seen: Mutex<HashMap<String, Instant>>,
+    inner: Mutex<LivenessState>,
+}
+
+struct LivenessState {
+    seen: HashMap<String, Instant>,
+    /// Start of the current observation window: this node's start, or the
+    /// moment it got its KV connection back. Nobody is judged on silence
+    /// from before it, since nobody could heartbeat then.
+    since: Instant,
 }
 
 impl Liveness {
+    fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            inner: Mutex::new(LivenessState {
+                seen: HashMap::new(),
+                since: Instant::now(),
+            }),
+        }
+    }
+
+    /// Silence longer than this means dead.
+    fn limit(&self) -> Duration {
+        self.ttl + self.ttl / 3
+    }
+
     fn seen(&self, node: &str) {
-        self.seen.lock().insert(node.to_owned(), Instant::now());
+        self.inner
+            .lock()
+            .seen
+            .insert(node.to_owned(), Instant::now());
     }
 
     fn forget(&self, node: &str) {
-        self.seen.lock().remove(node);
+        self.inner.lock().seen.remove(node);
     }
 
-    /// Nodes not heard from within the TTL plus a grace period (at least
-    /// since this node started watching).
+    /// After an outage: every node gets a fresh window to heartbeat again.
+    fn restart(&self) {
+        self.inner.lock().since = Instant::now();
+    }
+
+    /// Whether an expiry marker for `node` is evidence of its death: it
+    /// came when the heartbeat this node last saw ran out (not long after,
+    /// as when NATS itself was down), and not right after an outage.
+    fn expired_on_time(&self, node: &str) -> bool {
+        let state = self.inner.lock();
+        let settled = state.since.elapsed() > self.limit();
+        let on_time = state
+            .seen
+            .get(node)
+            .is_some_and(|at| at.elapsed() <= self.limit());
+        settled && on_time
+    }
+
+    /// Nodes silent for longer than the limit within the current window.
     fn silent(&self, candidates: impl IntoIterator<Item = String>) -> Vec<String> {
-        let seen = self.seen.lock();
-        let limit = self.ttl + self.ttl / 3;
+        let state = self.inner.lock();
         candidates
             .into_iter()
-            .filter(|n| seen.get(n).copied().unwrap_or(self.started).elapsed() > limit)
+            .filter(|n| {
+                let last = state
+                    .seen
+                    .get(n)
+                    .map_or(state.since, |at| (*at).max(state.since));
+                last.elapsed() > self.limit()
+            })
             .collect()
     }
 
     /// Whether `node` has the lowest id among the nodes heard from lately.
     fn is_lowest_live(&self, node: &str) -> bool {
-        let seen = self.seen.lock();
-        !seen
+        let state = self.inner.lock();
+        !state
+            .seen
             .iter()
             .any(|(other, at)| other.as_str() < node && at.elapsed() <= self.ttl)
     }
@@ -228,6 +291,10 @@ struct Inner {
     cache: Store,
     state_applied: watch::Receiver<u64>,
     cache_applied: watch::Receiver<u64>,
+    /// The revision of each live key as this node's view has applied it.
+    /// A put is complete when its own key shows its revision here; a bare
+    /// stream position would mislead right after a bucket is re-created.
+    applied_keys: Mutex<HashMap<String, u64>>,
     liveness: Liveness,
     /// Rewrite every local entry (they were removed while this node lived).
     reassert: Notify,
@@ -262,7 +329,16 @@ impl Inner {
         match value {
             Some(value) => {
                 let revision = store.put(&key, value).await.map_err(|e| e.to_string())?;
-                wait_applied(applied, revision).await;
+                let mut applied = applied.clone();
+                let seen = applied.wait_for(|_| {
+                    self.applied_keys
+                        .lock()
+                        .get(&key)
+                        .is_some_and(|r| *r >= revision)
+                });
+                if tokio::time::timeout(APPLY_TIMEOUT, seen).await.is_err() {
+                    tracing::warn!(%key, revision, "KV write not seen by the watch in time");
+                }
                 Ok(())
             }
             None => store.delete(&key).await.map_err(|e| e.to_string()),
@@ -372,9 +448,11 @@ impl Inner {
         if let Some(node) = heartbeat_node(&entry.key) {
             if put {
                 self.liveness.seen(&node);
-            } else {
+            } else if node == self.shared.node || self.liveness.expired_on_time(&node) {
                 self.node_gone(&node);
             }
+            // Otherwise the heartbeat expired late: NATS was down, nobody
+            // could beat. The sweep decides once every node had its chance.
             return;
         }
         let Some(change) = decode(&entry.key, put.then_some(&entry.value[..])) else {
@@ -406,6 +484,7 @@ impl Inner {
                     // buckets exist and everything this node holds is there.
                     failing = false;
                     tracing::info!("KV reachable again");
+                    self.liveness.restart();
                     self.reopen_buckets().await;
                     self.reassert_all().await;
                 }
@@ -417,6 +496,10 @@ impl Inner {
                     failing = true;
                     self.reopen_buckets().await;
                 }
+            }
+            if failing {
+                // Silence is this node's own outage, not evidence about others.
+                continue;
             }
             let others = self.shared.replica.view.read().nodes();
             let mine = self.shared.node.clone();
@@ -445,24 +528,30 @@ impl Inner {
 }
 
 /// Folds a bucket into the view forever. After an error the watch resumes
-/// after the last applied revision; if the bucket was re-created (NATS lost
-/// its data), from its start.
+/// after the last applied revision. A bucket that was re-created (NATS lost
+/// its data) is noticed by its creation time, also when the watch merely
+/// stalls, and read again from its start; the view keeps its entries until
+/// their owners re-assert them or are found dead.
 fn spawn_watcher(inner: Arc<Inner>, cache: bool, applied: watch::Sender<u64>) {
     tokio::spawn(async move {
+        let check_every = (inner.settings.node_ttl / 3).max(Duration::from_millis(200));
+        let mut watched: Option<async_nats::jetstream::stream::Info> = None;
         loop {
             let store = if cache { &inner.cache } else { &inner.state };
-            let last = match store.status().await {
-                Ok(status) => status.info.state.last_sequence,
+            let info = match bucket_info(&inner.js, &store.name).await {
+                Ok(info) => info,
                 Err(e) => {
                     tracing::debug!(bucket = %store.name, error = %e, "KV bucket unavailable");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
             };
-            if last < *applied.borrow() {
-                tracing::warn!(bucket = %store.name, "KV bucket was re-created; re-reading it");
+            if watched.as_ref().is_some_and(|w| w.created != info.created) {
+                tracing::warn!(bucket = %store.name, "KV bucket was re-created; reading it from the start");
                 applied.send_replace(0);
             }
+            let created = info.created;
+            watched = Some(info);
             let next = *applied.borrow() + 1;
             let watch = if next == 1 {
                 store.watch_with_history(">").await
@@ -477,18 +566,39 @@ fn spawn_watcher(inner: Arc<Inner>, cache: bool, applied: watch::Sender<u64>) {
                     continue;
                 }
             };
-            while let Some(entry) = entries.next().await {
-                match entry {
-                    Ok(entry) => {
-                        inner.on_entry(&entry);
-                        applied.send_replace(entry.revision);
-                    }
-                    Err(e) => {
-                        tracing::warn!(bucket = %store.name, error = %e, "KV watch interrupted; resuming");
-                        break;
+            let mut check = tokio::time::interval(check_every);
+            check.tick().await;
+            loop {
+                tokio::select! {
+                    entry = entries.next() => match entry {
+                        Some(Ok(entry)) => {
+                            inner.on_entry(&entry);
+                            {
+                                let mut keys = inner.applied_keys.lock();
+                                if entry.operation == Operation::Put {
+                                    keys.insert(entry.key.clone(), entry.revision);
+                                } else {
+                                    keys.remove(&entry.key);
+                                }
+                            }
+                            applied.send_replace(entry.revision);
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(bucket = %store.name, error = %e, "KV watch interrupted; resuming");
+                            break;
+                        }
+                        None => break,
+                    },
+                    _ = check.tick() => {
+                        let recreated = bucket_info(&inner.js, &store.name).await.is_ok_and(|i| i.created != created);
+                        if recreated {
+                            break;
+                        }
                     }
                 }
             }
+            // The watch broke, most likely with the connection.
+            inner.liveness.restart();
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });
@@ -514,11 +624,7 @@ impl KvStore {
         let cache = open_bucket(&js, &settings.cache_bucket, settings.replicas, cache_ttl).await?;
         let mut lasts = Vec::new();
         for store in [&state, &cache] {
-            let status = store
-                .status()
-                .await
-                .map_err(|e| format!("cannot read KV bucket {}: {e}", store.name))?;
-            lasts.push(status.info.state.last_sequence);
+            lasts.push(bucket_info(&js, &store.name).await?.state.last_sequence);
         }
         let (state_tx, state_applied) = watch::channel(0);
         let (cache_tx, cache_applied) = watch::channel(0);
@@ -530,11 +636,8 @@ impl KvStore {
             cache,
             state_applied,
             cache_applied,
-            liveness: Liveness {
-                ttl: settings.node_ttl,
-                started: Instant::now(),
-                seen: Mutex::default(),
-            },
+            applied_keys: Mutex::default(),
+            liveness: Liveness::new(settings.node_ttl),
             reassert: Notify::new(),
         });
         inner.heartbeat().await?;
