@@ -1,0 +1,287 @@
+//! Building blocks of `herald-loadgen`: a Pusher WebSocket client, a signed
+//! HTTP API client, and the measurements every mode reports. Nothing here is
+//! Herald-specific: it speaks the Pusher protocol to any compatible server.
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Connections per loopback source address, below the ephemeral port range.
+const PER_SOURCE_ADDRESS: usize = 25_000;
+
+/// The source address for connection `n`: 127.0.0.1, then .2, … every 25k.
+pub fn source_address(n: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (n / PER_SOURCE_ADDRESS) as u8))
+}
+
+/// Opens a Pusher WebSocket and returns it with its socket id.
+pub async fn connect(server: SocketAddr, key: &str, n: usize) -> anyhow::Result<(Ws, String)> {
+    let socket = TcpSocket::new_v4()?;
+    if server.ip().is_loopback() {
+        socket.bind(SocketAddr::new(source_address(n), 0))?;
+    }
+    let stream = socket.connect(server).await.context("TCP connect")?;
+    stream.set_nodelay(true)?;
+    let url = format!("ws://{server}/app/{key}?protocol=7&client=herald-loadgen&version=1");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+        .await
+        .context("WebSocket handshake")?;
+    let established = next_event(&mut ws).await?;
+    if established["event"] != "pusher:connection_established" {
+        bail!("expected connection_established, got {established}");
+    }
+    let data: serde_json::Value =
+        serde_json::from_str(established["data"].as_str().unwrap_or("{}"))?;
+    let socket_id = data["socket_id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no socket_id"))?
+        .to_owned();
+    Ok((ws, socket_id))
+}
+
+/// The next Pusher message (text frame) from the socket.
+pub async fn next_event(ws: &mut Ws) -> anyhow::Result<serde_json::Value> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text)?),
+            Some(Ok(Message::Close(frame))) => bail!("closed: {frame:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("connection ended"),
+        }
+    }
+}
+
+/// Subscribes and waits for `subscription_succeeded`; `auth` and
+/// `channel_data` are sent when given.
+pub async fn subscribe(
+    ws: &mut Ws,
+    channel: &str,
+    auth: Option<String>,
+    channel_data: Option<String>,
+) -> anyhow::Result<()> {
+    let mut data = serde_json::json!({ "channel": channel });
+    if let Some(auth) = auth {
+        data["auth"] = auth.into();
+    }
+    if let Some(cd) = channel_data {
+        data["channel_data"] = cd.into();
+    }
+    send(
+        ws,
+        &serde_json::json!({ "event": "pusher:subscribe", "data": data }),
+    )
+    .await?;
+    loop {
+        let msg = next_event(ws).await?;
+        match msg["event"].as_str() {
+            Some("pusher_internal:subscription_succeeded") if msg["channel"] == channel => {
+                return Ok(())
+            }
+            Some("pusher:subscription_error") | Some("pusher:error") => {
+                bail!("subscription refused: {msg}")
+            }
+            _ => continue,
+        }
+    }
+}
+
+pub async fn send(ws: &mut Ws, value: &serde_json::Value) -> anyhow::Result<()> {
+    ws.send(Message::text(value.to_string())).await?;
+    Ok(())
+}
+
+/// A signed Pusher HTTP API client.
+#[derive(Clone)]
+pub struct Api {
+    pub server: SocketAddr,
+    pub app_id: String,
+    pub key: String,
+    pub secret: String,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
+}
+
+impl Api {
+    pub fn new(server: SocketAddr, app_id: &str, key: &str, secret: &str) -> Self {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_max_idle_per_host(64)
+                .build_http();
+        Self {
+            server,
+            app_id: app_id.into(),
+            key: key.into(),
+            secret: secret.into(),
+            client,
+        }
+    }
+
+    /// Signs and sends a request; returns status and body.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> anyhow::Result<(u16, String)> {
+        use herald_protocol::auth;
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+            .to_string();
+        let md5 = body.map(|b| auth::body_md5(b.as_bytes()));
+        let mut params: Vec<(&str, &str)> = vec![
+            ("auth_key", &self.key),
+            ("auth_timestamp", &timestamp),
+            ("auth_version", "1.0"),
+        ];
+        if let Some(md5) = &md5 {
+            params.push(("body_md5", md5));
+        }
+        params.extend_from_slice(query);
+        let signature = auth::sign(
+            &self.secret,
+            &auth::api_string_to_sign(method, path, params.iter().copied()),
+        );
+        let mut qs: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        qs.push(format!("auth_signature={signature}"));
+        let uri = format!("http://{}{}?{}", self.server, path, qs.join("&"));
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))?;
+        let response = self.client.request(request).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// `POST /apps/{id}/events` for one channel.
+    pub async fn trigger(&self, channel: &str, event: &str, data: &str) -> anyhow::Result<()> {
+        let body =
+            serde_json::json!({ "name": event, "channel": channel, "data": data }).to_string();
+        let path = format!("/apps/{}/events", self.app_id);
+        let (status, text) = self.request("POST", &path, &[], Some(&body)).await?;
+        if status != 200 {
+            bail!("trigger answered {status}: {text}");
+        }
+        Ok(())
+    }
+
+    /// The user ids of a presence channel.
+    pub async fn users(&self, channel: &str) -> anyhow::Result<Vec<String>> {
+        let path = format!("/apps/{}/channels/{channel}/users", self.app_id);
+        let (status, text) = self.request("GET", &path, &[], None).await?;
+        if status != 200 {
+            bail!("users answered {status}: {text}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        Ok(v["users"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|u| u["id"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+/// Microseconds since the Unix epoch (the latency timestamp in payloads).
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// CPU time (user + system) this process has used.
+pub fn cpu_time() -> Duration {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct we own.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Raises the open-files limit to its hard maximum; returns the new soft limit.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: plain syscalls on a struct we own.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+    }
+    lim.rlim_cur
+}
+
+/// Resident set size of a process in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS for pid {pid}"))
+}
+
+/// The value at quantile `q` of sorted samples.
+pub fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// How busy the generator was: CPU seconds per wall second, and whether it
+/// was close enough to the machine's cores to distort the result.
+pub struct GeneratorLoad {
+    pub cores_used: f64,
+    pub saturated: bool,
+}
+
+pub fn generator_load(cpu: Duration, wall: Duration, threads: usize) -> GeneratorLoad {
+    let cores_used = cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9);
+    GeneratorLoad {
+        cores_used,
+        saturated: cores_used > 0.9 * threads as f64,
+    }
+}
+
+/// Time since `start` in seconds, for reports.
+pub fn secs(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_sources() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), 51);
+        assert_eq!(percentile(&v, 0.99), 99);
+        assert_eq!(percentile(&v, 1.0), 100);
+        assert_eq!(percentile(&[], 0.5), 0);
+        assert_eq!(source_address(0), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)));
+        assert_eq!(
+            source_address(25_000),
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))
+        );
+    }
+}
