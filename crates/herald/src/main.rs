@@ -5,6 +5,8 @@
 //! and `herald ingest` run one role each and join through NATS: the NATS bus
 //! carries events, JetStream KV carries presence and occupancy.
 
+mod state_metrics;
+
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -14,7 +16,7 @@ use herald_config::{AppSource, Config};
 use herald_gateway::{Gateway, Settings};
 use herald_ingest::Ingest;
 use herald_metrics::Metrics;
-use herald_presence::kv::KvSettings;
+use herald_presence::kv::{KvMetrics, KvSettings};
 use herald_presence::ChannelState;
 use herald_protocol::codes;
 use http_body_util::Full;
@@ -208,6 +210,11 @@ async fn backbone(
         cache_bucket: n.cache_bucket.clone(),
         replicas: n.kv_replicas,
         node_ttl: Duration::from_secs(n.node_ttl),
+        metrics: KvMetrics {
+            write_failures: metrics.kv_write_failures.clone(),
+            apply_seconds: metrics.kv_apply_seconds.clone(),
+            nodes_removed: metrics.nodes_removed.clone(),
+        },
     };
     let state = ChannelState::replicated(client.clone(), node_id, &kv)
         .await
@@ -251,6 +258,9 @@ async fn run(
     let admin = herald_metrics::bind_admin(metrics_bind).await?;
     tokio::spawn(herald_metrics::serve_admin(admin, metrics.clone()));
     let backbone = backbone(role, &config, &metrics, &node_id).await?;
+    metrics.register(Box::new(state_metrics::StateMetrics::new(
+        backbone.state.clone(),
+    )));
 
     let gateway = role.serves_websockets().then(|| {
         let gateway = Gateway::new(

@@ -52,6 +52,12 @@ pub struct Metrics {
     pub bus_connected: prometheus::IntGauge,
     /// Times the bus connection was (re-)established.
     pub bus_connects: prometheus::IntCounter,
+    /// Cluster state (JetStream KV) writes that failed; they are re-asserted later.
+    pub kv_write_failures: prometheus::IntCounter,
+    /// From a node's KV put to its own watch applying it: the replication lag.
+    pub kv_apply_seconds: prometheus::Histogram,
+    /// Gateways found dead (heartbeat expired) whose entries were removed.
+    pub nodes_removed: prometheus::IntCounter,
     /// From the trigger's publish timestamp to the queueing of the frame for the sockets.
     pub delivery_latency: HistogramVec,
 }
@@ -215,6 +221,36 @@ impl Metrics {
                 r.register(Box::new(c.clone())).expect("unique metric");
                 c
             },
+            kv_write_failures: {
+                let c = prometheus::IntCounter::new(
+                    "herald_kv_write_failures_total",
+                    "Cluster state (JetStream KV) writes that failed.",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            kv_apply_seconds: {
+                let opts = HistogramOpts::new(
+                    "herald_kv_apply_seconds",
+                    "Time from a KV write to this node's watch applying it.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+                ]);
+                let h = prometheus::Histogram::with_opts(opts).expect("valid metric");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            nodes_removed: {
+                let c = prometheus::IntCounter::new(
+                    "herald_nodes_removed_total",
+                    "Gateways found dead whose presence entries were removed.",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             delivery_latency: histogram(
                 &r,
                 "herald_delivery_latency_seconds",
@@ -225,6 +261,11 @@ impl Metrics {
             registry: r,
             ready: AtomicBool::new(false),
         }
+    }
+
+    /// Adds a collector computed at scrape time (e.g. from replicated state).
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        self.registry.register(collector).expect("unique metric");
     }
 
     /// Marks the process ready (listening) or not (starting, draining).

@@ -56,17 +56,15 @@ pub struct KvSettings {
     pub replicas: usize,
     /// A node whose heartbeat is this old is dead; beats go out every third of it.
     pub node_ttl: Duration,
+    pub metrics: KvMetrics,
 }
 
-impl Default for KvSettings {
-    fn default() -> Self {
-        Self {
-            state_bucket: "herald-state".into(),
-            cache_bucket: "herald-cache".into(),
-            replicas: 1,
-            node_ttl: Duration::from_secs(3),
-        }
-    }
+/// What the store reports to Prometheus.
+#[derive(Debug, Clone)]
+pub struct KvMetrics {
+    pub write_failures: prometheus::IntCounter,
+    pub apply_seconds: prometheus::Histogram,
+    pub nodes_removed: prometheus::IntCounter,
 }
 
 fn key(parts: &[&str]) -> String {
@@ -328,6 +326,7 @@ impl Inner {
         let (key, value) = encode(change);
         match value {
             Some(value) => {
+                let started = Instant::now();
                 let revision = store.put(&key, value).await.map_err(|e| e.to_string())?;
                 let mut applied = applied.clone();
                 let seen = applied.wait_for(|_| {
@@ -339,6 +338,10 @@ impl Inner {
                 if tokio::time::timeout(APPLY_TIMEOUT, seen).await.is_err() {
                     tracing::warn!(%key, revision, "KV write not seen by the watch in time");
                 }
+                self.settings
+                    .metrics
+                    .apply_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 Ok(())
             }
             None => store.delete(&key).await.map_err(|e| e.to_string()),
@@ -404,6 +407,7 @@ impl Inner {
             entries = removals.len(),
             "node is gone; its members were removed"
         );
+        self.settings.metrics.nodes_removed.inc();
         if self.liveness.is_lowest_live(&self.shared.node) {
             let inner = self.clone();
             tokio::spawn(async move {
@@ -670,6 +674,7 @@ impl KvStore {
     pub(crate) async fn write(&self, change: &Change) {
         if let Err(e) = self.inner.write(change).await {
             tracing::warn!(error = %e, "KV write failed");
+            self.inner.settings.metrics.write_failures.inc();
             self.inner.reassert.notify_one();
         }
     }

@@ -366,6 +366,11 @@ impl ChannelState {
         self.view().summary(app, name)
     }
 
+    /// Per app: occupied channels and presence members, cluster-wide.
+    pub fn stats(&self) -> Vec<(String, usize, usize)> {
+        self.view().stats()
+    }
+
     pub fn online_among(&self, app: &str, candidates: &[String]) -> Vec<String> {
         self.view().online_among(app, candidates)
     }

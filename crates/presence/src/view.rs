@@ -284,6 +284,22 @@ impl View {
         out
     }
 
+    /// Per app: occupied channels and presence members (summed over channels).
+    pub fn stats(&self) -> Vec<(String, usize, usize)> {
+        self.apps
+            .iter()
+            .map(|(app, a)| {
+                let occupied = a
+                    .channels
+                    .values()
+                    .filter(|c| c.subscription_count() > 0)
+                    .count();
+                let members = a.channels.values().map(|c| c.members.len()).sum();
+                (app.clone(), occupied, members)
+            })
+            .collect()
+    }
+
     pub fn has_member(&self, app: &str, channel: &str, user: &str) -> bool {
         self.channel(app, channel)
             .is_some_and(|c| c.members.contains_key(user))
