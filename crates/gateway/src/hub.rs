@@ -184,9 +184,19 @@ impl Hub {
         };
         // Internal watchlist routing channels are not shown to clients.
         let channel = (!env.channel.starts_with(WATCHLIST_PREFIX)).then_some(env.channel.as_str());
+        // A traced trigger continues its trace here: one span per node's fan-out.
+        let span = env.traceparent.as_deref().map(|parent| {
+            let span = tracing::info_span!("fan_out", app = %env.app, channel = %env.channel, recipients = tracing::field::Empty);
+            herald_telemetry::set_parent(&span, parent);
+            span
+        });
+        let _entered = span.as_ref().map(tracing::Span::enter);
         let text = message::event_message(&env.event, channel, &env.data, env.user_id.as_deref());
         let frame = frame::text(&text);
         let delivered = app.fan_out(&env.channel, env.except_socket.as_deref(), &frame);
+        if let Some(span) = &span {
+            span.record("recipients", delivered);
+        }
         if delivered > 0 {
             let kind = if env.event.starts_with("pusher_internal:") {
                 "internal"

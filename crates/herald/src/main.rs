@@ -106,16 +106,6 @@ impl Role {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 /// Loads the file (if any), then the environment, then flags, validating the result.
 fn load_config(
     args: &CommonArgs,
@@ -141,7 +131,14 @@ fn main() -> std::process::ExitCode {
         Command::Gateway(c) => (Role::Gateway, c.common, c.nats, c.node_id),
         Command::Ingest(c) => (Role::Ingest, c.common, c.nats, c.node_id),
     };
-    init_logging(args.log_format);
+    let format = match args.log_format {
+        LogFormat::Text => herald_telemetry::LogFormat::Text,
+        LogFormat::Json => herald_telemetry::LogFormat::Json,
+    };
+    let telemetry = herald_telemetry::init(
+        format,
+        &format!("herald-{}", format!("{role:?}").to_lowercase()),
+    );
     let (config, source) = match load_config(&args, &nats) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -155,7 +152,9 @@ fn main() -> std::process::ExitCode {
     }
     let node_id = node_id.unwrap_or_else(|| format!("{:08x}", rand::random::<u32>()));
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    match runtime.block_on(run(role, args, config, source, node_id)) {
+    let outcome = runtime.block_on(run(role, args, config, source, node_id));
+    telemetry.shutdown();
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("herald: {e:#}");

@@ -19,6 +19,7 @@ use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument;
 
 /// How far `auth_timestamp` may be from the server clock (Pusher: 600 s).
 const MAX_CLOCK_SKEW_SECS: u64 = 600;
@@ -123,13 +124,16 @@ impl Ingest {
         let started = Instant::now();
         let routed = route(req.uri().path());
         let label = routed.as_ref().map_or("unknown", |(_, r)| r.label());
-        let (status, body) = match self.serve(req, routed).await {
+        let span =
+            tracing::info_span!("http_api", endpoint = label, status = tracing::field::Empty);
+        let (status, body) = match self.serve(req, routed).instrument(span.clone()).await {
             Ok(body) => (StatusCode::OK, body),
             Err(Refused(status, message)) => {
                 tracing::info!(status = status.as_u16(), endpoint = label, error = %message, "HTTP API request refused");
                 (status, json!({ "error": message }))
             }
         };
+        span.record("status", status.as_u16());
         self.metrics
             .api_requests
             .with_label_values(&[label, status.as_str()])
@@ -378,12 +382,21 @@ impl Ingest {
         Ok(())
     }
 
-    async fn publish(&self, app: &AppConfig, message: BusMessage) -> Result<(), Refused> {
+    async fn publish(&self, app: &AppConfig, mut message: BusMessage) -> Result<(), Refused> {
         self.metrics
             .bus_publishes
             .with_label_values(&[&app.id])
             .inc();
-        self.bus.publish(message).await.map_err(|e| {
+        let span = tracing::info_span!("publish", app = %app.id);
+        let published = async {
+            if let BusMessage::Event(envelope) = &mut message {
+                envelope.traceparent = herald_telemetry::current_traceparent();
+            }
+            self.bus.publish(message).await
+        }
+        .instrument(span)
+        .await;
+        published.map_err(|e| {
             self.metrics
                 .bus_publish_failures
                 .with_label_values(&[&app.id])
