@@ -31,7 +31,11 @@ pub struct Config {
     pub outbox_capacity: usize,
     /// Seconds a single socket write may take before the connection is dropped.
     pub write_timeout: u64,
-    /// Seconds between SIGTERM and a forced exit while closing connections.
+    /// Seconds over which a gateway closes its connections (4200) after
+    /// SIGTERM, so clients move to other nodes gradually. Default: 30 for
+    /// `herald gateway`, 0 (all at once) for `herald standalone`.
+    pub drain_window: Option<u64>,
+    /// Seconds allowed after the drain for the last connections to close.
     pub shutdown_timeout: u64,
     /// Cluster mode: how to reach NATS (ignored by `herald standalone`).
     pub nats: NatsConfig,
@@ -126,6 +130,7 @@ impl Default for Config {
             max_message_bytes: 64 * 1024,
             outbox_capacity: 1024,
             write_timeout: 10,
+            drain_window: None,
             shutdown_timeout: 5,
             nats: NatsConfig::default(),
             apps: Vec::new(),

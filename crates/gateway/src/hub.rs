@@ -122,12 +122,6 @@ impl AppHub {
         remove(&self.users, user_id, socket_id, || ());
     }
 
-    fn close_all(&self, code: u16, message: &str, label: &'static str) {
-        for peer in self.peers.read().values() {
-            peer.close(code, message, label);
-        }
-    }
-
     /// Queues `frame` on every subscriber of `channel` but `except`; returns how many got it.
     fn fan_out(&self, channel: &str, except: Option<&str>, frame: &Bytes) -> usize {
         let channels = self.channels.read();
@@ -167,11 +161,12 @@ impl Hub {
         self.apps.get(app_id)
     }
 
-    /// Closes every connection of every app (shutdown).
-    pub fn close_all(&self, code: u16, message: &str, label: &'static str) {
-        for app in self.apps.values() {
-            app.close_all(code, message, label);
-        }
+    /// Every open connection of every app.
+    pub fn peers(&self) -> Vec<Peer> {
+        self.apps
+            .values()
+            .flat_map(|app| app.peers.read().values().cloned().collect::<Vec<_>>())
+            .collect()
     }
 
     pub fn connection_count(&self) -> usize {

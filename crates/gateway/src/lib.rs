@@ -170,9 +170,31 @@ impl Gateway {
         }
     }
 
-    /// Asks every connection to close with `code` (shutdown, drain).
-    pub fn close_all(&self, code: u16, message: &str) {
-        self.hub.close_all(code, message, "shutdown");
+    /// Closes every connection with 4200 ("reconnect now"), spread evenly
+    /// over `window` so that clients reconnect to other nodes gradually
+    /// rather than all at once; a zero window closes them at once.
+    pub async fn drain(&self, window: Duration) {
+        const TICK: Duration = Duration::from_millis(50);
+        let peers = self.hub.peers();
+        let ticks = (window.as_millis() / TICK.as_millis()).max(1) as usize;
+        let per_tick = peers.len().div_ceil(ticks).max(1);
+        tracing::info!(
+            connections = peers.len(),
+            window_s = window.as_secs_f64(),
+            "draining"
+        );
+        for (i, batch) in peers.chunks(per_tick).enumerate() {
+            if i > 0 && !window.is_zero() {
+                tokio::time::sleep(TICK).await;
+            }
+            for peer in batch {
+                peer.close(
+                    herald_protocol::codes::RECONNECT,
+                    "Server shutting down; reconnect",
+                    "shutdown",
+                );
+            }
+        }
     }
 
     pub fn connection_count(&self) -> usize {

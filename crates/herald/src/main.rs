@@ -18,7 +18,6 @@ use herald_ingest::Ingest;
 use herald_metrics::Metrics;
 use herald_presence::kv::{KvMetrics, KvSettings};
 use herald_presence::ChannelState;
-use herald_protocol::codes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -65,6 +64,9 @@ struct CommonArgs {
     /// Address for /metrics, /healthz and /readyz [default: 0.0.0.0:9601].
     #[arg(long, env = "HERALD_METRICS_BIND")]
     metrics_bind: Option<SocketAddr>,
+    /// Seconds over which connections are closed after SIGTERM [default: 30 gateway, 0 standalone].
+    #[arg(long, env = "HERALD_DRAIN_WINDOW")]
+    drain_window: Option<u64>,
     /// Log format; filter with RUST_LOG (default info).
     #[arg(long, env = "HERALD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -316,11 +318,13 @@ async fn run(
     metrics.set_ready(false);
     drop(listener);
     if let Some(gateway) = &gateway {
-        tracing::info!(
-            connections = gateway.connection_count(),
-            "shutting down: closing connections with 4200"
+        let default_window = if role == Role::Gateway { 30 } else { 0 };
+        let window = Duration::from_secs(
+            args.drain_window
+                .or(config.drain_window)
+                .unwrap_or(default_window),
         );
-        gateway.close_all(codes::RECONNECT, "Server shutting down; reconnect");
+        gateway.drain(window).await;
         let drained = tokio::time::timeout(Duration::from_secs(config.shutdown_timeout), async {
             while gateway.connection_count() > 0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
