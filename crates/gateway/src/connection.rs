@@ -1,13 +1,15 @@
 //! One WebSocket connection: handshake refusal, the reader and the writer.
 //!
-//! fastwebsockets reads and parses client frames; the write half is ours,
-//! because fan-out hands us finished frame bytes shared by many sockets and
-//! fastwebsockets has no call that writes pre-encoded bytes. The writer task
+//! fastwebsockets performs the handshake; reading and writing frames are
+//! ours. The read side is a lean frame reader (`reader`) that holds no buffer
+//! while a connection is idle; the write side takes finished frame bytes
+//! shared by many sockets, which fastwebsockets has no call for. The writer task
 //! drains the bounded outbox, coalescing queued frames into one write, and
 //! also owns the keep-alive clock (server `pusher:ping`, close 4201), so the
 //! reader never has to cancel a half-read frame to serve a timer.
 
 use crate::peer::Peer;
+use crate::reader::FrameReader;
 use crate::session::Session;
 use crate::Gateway;
 use bytes::{Bytes, BytesMut};
@@ -17,11 +19,10 @@ use hyper_util::rt::TokioIo;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncWrite, AsyncWriteExt, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
-
-type Io = TokioIo<Upgraded>;
 
 /// Largest batch of queued frames coalesced into one write.
 const COALESCE_BYTES: usize = 64 * 1024;
@@ -80,12 +81,34 @@ impl Activity {
     }
 }
 
-pub async fn run(
+type Admission = Result<Arc<herald_config::AppConfig>, Refusal>;
+
+/// Runs an upgraded connection. A plain TCP socket is split into owned
+/// halves (no lock between reader and writer); other transports fall back
+/// to a shared split.
+pub async fn run(gateway: Arc<Gateway>, upgraded: Upgraded, admission: Admission) {
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let (read_half, write_half) = parts.io.into_inner().into_split();
+            serve(gateway, read_half, write_half, &parts.read_buf, admission).await
+        }
+        Err(upgraded) => {
+            let (read_half, write_half) = tokio::io::split(TokioIo::new(upgraded));
+            serve(gateway, read_half, write_half, &[], admission).await
+        }
+    }
+}
+
+async fn serve<R, W>(
     gateway: Arc<Gateway>,
-    io: Io,
-    admission: Result<Arc<herald_config::AppConfig>, Refusal>,
-) {
-    let (read_half, mut write_half) = tokio::io::split(io);
+    read_half: R,
+    mut write_half: W,
+    leftover: &[u8],
+    admission: Admission,
+) where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let app = match admission {
         Ok(app) => app,
         Err(refusal) => return refuse(&gateway, &mut write_half, refusal).await,
@@ -131,16 +154,7 @@ pub async fn run(
         gateway.settings.activity_timeout.as_secs(),
     )));
 
-    let mut reader = fastwebsockets::after_handshake_split(
-        read_half,
-        tokio::io::sink(),
-        fastwebsockets::Role::Server,
-    )
-    .0;
-    reader.set_auto_close(false);
-    reader.set_auto_pong(false);
-    // fastwebsockets refuses frames whose length is >= this value.
-    reader.set_max_message_size(gateway.settings.max_message_bytes + 1);
+    let mut reader = FrameReader::new(read_half, leftover, gateway.settings.max_message_bytes);
 
     let mut session = Session::new(gateway.clone(), app.clone(), peer.clone(), activity);
     session.run(&mut reader, closed).await;
@@ -159,7 +173,7 @@ pub async fn run(
 }
 
 /// Sends `pusher:error` and the matching close code, then drops the socket.
-async fn refuse(gateway: &Gateway, write_half: &mut WriteHalf<Io>, refusal: Refusal) {
+async fn refuse<W: AsyncWrite + Unpin>(gateway: &Gateway, write_half: &mut W, refusal: Refusal) {
     gateway
         .metrics
         .connections_refused
@@ -215,7 +229,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                             Err(_) => break,
                         }
                     }
-                    timeout(settings.write_timeout, io.write_all(&batch)).await
+                    let written = timeout(settings.write_timeout, io.write_all(&batch)).await;
+                    if batch.capacity() > COALESCE_BYTES {
+                        // A burst grew the batch; do not keep that memory per idle socket.
+                        batch = BytesMut::new();
+                    }
+                    written
                 };
                 match outcome {
                     Ok(Ok(())) => {}

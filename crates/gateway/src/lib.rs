@@ -4,11 +4,13 @@
 //! - [`hub`]: which local sockets want which channel; the bus sink and fan-out.
 //! - [`peer`]: the non-blocking handle to one connection (bounded outbox, close signal).
 //! - `connection`: the socket's reader and writer tasks and the handshake checks.
+//! - `reader`: the lean, cancel-safe frame reader (no buffer while idle).
 //! - `session`: the protocol state machine of one connection.
 
 mod connection;
 pub mod hub;
 pub mod peer;
+mod reader;
 mod session;
 
 use bytes::Bytes;
@@ -122,7 +124,7 @@ impl Gateway {
         let gateway = self.clone();
         tokio::spawn(async move {
             match upgrade.await {
-                Ok(ws) => connection::run(gateway, ws.into_inner(), admission).await,
+                Ok(ws) => connection::run(gateway, ws.into_inner().into_inner(), admission).await,
                 Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
             }
         });

@@ -8,12 +8,13 @@
 use crate::connection::Activity;
 use crate::hub::watchlist_channel;
 use crate::peer::{CloseReason, Peer};
+use crate::reader::{FrameReader, ReadError};
 use crate::Gateway;
-use fastwebsockets::{OpCode, WebSocketError, WebSocketRead};
 use herald_bus::{BusMessage, Envelope};
 use herald_config::AppConfig;
 use herald_presence::JoinError;
 use herald_protocol::channel::{ChannelKind, MAX_EVENT_NAME_LEN};
+use herald_protocol::frame::{FrameError, OpCode};
 use herald_protocol::message::{self, ClientMessage, Subscribe};
 use herald_protocol::rate::TokenBucket;
 use herald_protocol::{auth, codes, frame, ChannelName};
@@ -122,10 +123,9 @@ impl Session {
     /// Reads and handles frames until the socket or the session ends.
     pub async fn run<R: AsyncRead + Unpin>(
         &mut self,
-        reader: &mut WebSocketRead<R>,
+        reader: &mut FrameReader<R>,
         mut closed: watch::Receiver<Option<CloseReason>>,
     ) {
-        let mut no_obligations = |_| async { Ok::<(), std::convert::Infallible>(()) };
         loop {
             let auth_deadline = self.auth_deadline.filter(|_| !self.authorized);
             tokio::select! {
@@ -140,7 +140,7 @@ impl Session {
                     );
                     return;
                 }
-                read = reader.read_frame(&mut no_obligations) => {
+                read = reader.read() => {
                     let keep_going = match read {
                         Ok(frame) => {
                             self.activity.touch();
@@ -163,27 +163,21 @@ impl Session {
         self.peer.close(code, message, label);
     }
 
-    fn on_read_error(&self, error: WebSocketError) {
+    fn on_read_error(&self, error: ReadError) {
+        let error = match error {
+            ReadError::Gone => return self.close(codes::WS_NORMAL, "", "client_gone"),
+            ReadError::Frame(error) => error,
+        };
         let (code, message, label) = match error {
-            WebSocketError::FrameTooLarge => (
+            FrameError::TooLarge(_) => (
                 codes::WS_MESSAGE_TOO_BIG,
                 "message too big",
                 "message_too_big",
             ),
-            WebSocketError::InvalidUTF8 => (
-                codes::WS_INVALID_PAYLOAD,
-                "invalid UTF-8",
-                "invalid_payload",
-            ),
-            WebSocketError::UnexpectedEOF
-            | WebSocketError::IoError(_)
-            | WebSocketError::ConnectionClosed => (codes::WS_NORMAL, "", "client_gone"),
             _ => (codes::WS_PROTOCOL_ERROR, "protocol error", "protocol_error"),
         };
-        if label != "client_gone" {
-            tracing::debug!(socket_id = %self.peer.socket_id(), %error, "closing on a bad frame");
-            self.count_limit(label);
-        }
+        tracing::debug!(socket_id = %self.peer.socket_id(), %error, "closing on a bad frame");
+        self.count_limit(label);
         self.close(code, message, label);
     }
 
