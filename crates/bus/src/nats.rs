@@ -1,12 +1,11 @@
 //! The NATS bus of cluster mode.
 //!
 //! Each message is encoded once (MessagePack) and published on the subject
-//! of its (app, channel); a publish resolves only after the server has
-//! acknowledged it with a flush, so the HTTP API never answers 200 for an
-//! event NATS did not take. A gateway holds one NATS subscription per channel
-//! it has local subscribers for, plus one control subject per app. async-nats
-//! reconnects on its own and re-sends every live subscription, so nothing
-//! needs restarting after an outage.
+//! of its (app, channel); a publish resolves only after a round trip through
+//! the server on the same connection (a barrier message to ourselves), so
+//! the HTTP API never answers 200 for an event NATS did not take. Core NATS
+//! delivers at most once: a gateway that is itself reconnecting misses what
+//! is published meanwhile (see docs/architecture.md).
 
 use crate::subject::{control_subject, event_subject};
 use crate::{Bus, BusError, BusMessage, Sink};
@@ -102,7 +101,7 @@ pub async fn connect(
         }
     });
     options
-        .connect(settings.servers.join(","))
+        .connect(settings.servers.as_slice())
         .await
         .map_err(|e| unavailable(&e))
 }
@@ -124,11 +123,67 @@ pub struct NatsBus {
     prefix: String,
     sink: Arc<OnceLock<Arc<dyn Sink>>>,
     subscriptions: Mutex<HashMap<String, Subscription>>,
+    barrier: Arc<Barrier>,
+}
+
+/// Round trips through the server: a token published to our own subject
+/// comes back only after the server processed everything this connection
+/// sent before it (NATS keeps a connection's order).
+struct Barrier {
+    subject: String,
+    next: std::sync::atomic::AtomicU64,
+    waiting: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
+}
+
+impl Barrier {
+    fn start(client: &Client, subject: String) -> Arc<Self> {
+        let barrier = Arc::new(Self {
+            subject,
+            next: std::sync::atomic::AtomicU64::new(0),
+            waiting: Mutex::default(),
+        });
+        let (client, me) = (client.clone(), barrier.clone());
+        tokio::spawn(async move {
+            let Ok(mut tokens) = client.subscribe(me.subject.clone()).await else {
+                tracing::error!("NATS barrier subscription failed");
+                return;
+            };
+            while let Some(message) = tokens.next().await {
+                let token = std::str::from_utf8(&message.payload)
+                    .ok()
+                    .and_then(|t| t.parse().ok());
+                if let Some(waiter) = token.and_then(|t: u64| me.waiting.lock().remove(&t)) {
+                    let _ = waiter.send(());
+                }
+            }
+        });
+        barrier
+    }
+
+    /// Resolves once the server has processed everything sent before it.
+    async fn pass(&self, client: &Client) -> Result<(), String> {
+        let token = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiting.lock().insert(token, tx);
+        let sent = client
+            .publish(self.subject.clone(), token.to_string().into())
+            .await
+            .map_err(|e| e.to_string());
+        let outcome = match sent {
+            Ok(()) => rx.await.map_err(|_| "barrier dropped".to_owned()),
+            Err(e) => Err(e),
+        };
+        self.waiting.lock().remove(&token);
+        outcome
+    }
 }
 
 impl NatsBus {
     pub fn new(client: Client, prefix: &str) -> Self {
+        let inbox = client.new_inbox();
+        let unique = inbox.rsplit('.').next().unwrap_or("barrier");
         Self {
+            barrier: Barrier::start(&client, format!("{prefix}.barrier.{unique}")),
             client,
             prefix: prefix.to_owned(),
             sink: Arc::default(),
@@ -157,6 +212,7 @@ impl NatsBus {
         let (live_tx, live) = watch::channel(false);
         let client = self.client.clone();
         let sink = self.sink.clone();
+        let barrier = self.barrier.clone();
         let task = tokio::spawn(async move {
             let mut messages = match client.subscribe(subject.clone()).await {
                 Ok(messages) => messages,
@@ -165,7 +221,8 @@ impl NatsBus {
                     return;
                 }
             };
-            if client.flush().await.is_ok() {
+            // The server has the SUB once a barrier sent after it returns.
+            if barrier.pass(&client).await.is_ok() {
                 let _ = live_tx.send(true);
             }
             while let Some(message) = messages.next().await {
@@ -193,6 +250,7 @@ impl Bus for NatsBus {
         };
         let payload = bytes::Bytes::from(message.encode());
         let client = self.client.clone();
+        let barrier = self.barrier.clone();
         Box::pin(async move {
             if client.connection_state() != State::Connected {
                 return Err(BusError::Unavailable("NATS is not connected".into()));
@@ -202,7 +260,7 @@ impl Bus for NatsBus {
                     .publish(subject, payload)
                     .await
                     .map_err(|e| e.to_string())?;
-                client.flush().await.map_err(|e| e.to_string())
+                barrier.pass(&client).await
             })
             .await;
             match sent {

@@ -8,7 +8,7 @@
 use crate::peer::Peer;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use herald_bus::{unix_millis, Bus, BusMessage, Envelope, Sink};
+use herald_bus::{unix_millis, Bus, BusMessage, Envelope, Sink, ENVELOPE_VERSION};
 use herald_config::AppConfig;
 use herald_metrics::Metrics;
 use herald_presence::{Listener, Transition};
@@ -285,6 +285,12 @@ pub fn watchlist_channel(user_id: &str) -> String {
 impl Sink for Hub {
     fn deliver(&self, message: &BusMessage) {
         match message {
+            BusMessage::Event(env) if env.version != ENVELOPE_VERSION => {
+                tracing::warn!(
+                    version = env.version,
+                    "dropping a bus event of another envelope version"
+                );
+            }
             BusMessage::Event(env) => self.deliver_event(env),
             BusMessage::TerminateUser { app, user_id } => {
                 let Some(app) = self.apps.get(app) else {

@@ -84,6 +84,22 @@ struct UserData<'a> {
     watchlist: Vec<serde_json::Value>,
 }
 
+/// Makes sure the joiner is in its own member list, even if its write has
+/// not reached the replicated view yet (NATS failing over): pusher-js needs
+/// itself there to set `members.me`.
+fn include_member(presence: &mut serde_json::Value, user: &str, info: &str) {
+    if presence["hash"].get(user).is_some() {
+        return;
+    }
+    let info = serde_json::from_str(info).unwrap_or(serde_json::Value::Null);
+    presence["hash"][user] = info;
+    if let Some(ids) = presence["ids"].as_array_mut() {
+        ids.push(user.into());
+        let count = ids.len();
+        presence["count"] = count.into();
+    }
+}
+
 /// A user id given as a JSON string or number, non-empty and at most 128 characters.
 fn user_id_of(value: &serde_json::Value) -> Option<String> {
     let id = match value {
@@ -461,7 +477,7 @@ impl Session {
                 let why = format!("presence channel is full ({max} members)");
                 return self.subscription_error(channel, "LimitReached", &why, 403);
             }
-            presence_user = Some(user_id);
+            presence_user = Some((user_id, info.to_owned()));
         }
         self.authorized |= name.requires_auth();
         // Count first, then join the fan-out: the new count reaches the
@@ -473,9 +489,12 @@ impl Session {
             .subscriptions
             .with_label_values(&[&self.app.id])
             .inc();
-        let presence = name
-            .is_presence()
-            .then(|| self.gateway.state.presence_data(&self.app.id, channel));
+        let presence = presence_user.as_ref().map(|(user, info)| {
+            let mut presence = self.gateway.state.presence_data(&self.app.id, channel);
+            include_member(&mut presence, user, info);
+            presence
+        });
+        let presence_user = presence_user.map(|(user, _)| user);
         self.send_text(&message::subscription_succeeded(channel, presence));
         if self.app.subscription_count && !name.is_presence() {
             // The others heard the new count during subscribe(); this socket joined after.

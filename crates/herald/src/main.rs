@@ -181,6 +181,7 @@ async fn backbone(
 ) -> anyhow::Result<Backbone> {
     if role == Role::Standalone {
         metrics.set_bus_connected(true);
+        metrics.kv_healthy.set(1);
         let local = Arc::new(LocalBus::default());
         return Ok(Backbone {
             state: Arc::new(ChannelState::in_memory()),
@@ -215,11 +216,19 @@ async fn backbone(
             write_failures: metrics.kv_write_failures.clone(),
             apply_seconds: metrics.kv_apply_seconds.clone(),
             nodes_removed: metrics.nodes_removed.clone(),
+            healthy: metrics.kv_healthy.clone(),
         },
     };
-    let state = ChannelState::replicated(client.clone(), node_id, &kv)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    // NATS may not be up yet (pods start in any order): keep trying, not ready meanwhile.
+    let state = loop {
+        match ChannelState::replicated(client.clone(), node_id, &kv).await {
+            Ok(state) => break state,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster state unavailable; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
     let nats = Arc::new(NatsBus::new(client, &n.subject_prefix));
     Ok(Backbone {
         state: Arc::new(state),
@@ -255,6 +264,9 @@ async fn run(
 
     let apps: Vec<_> = config.apps.iter().cloned().map(Arc::new).collect();
     let metrics = Arc::new(Metrics::new());
+    for app in &apps {
+        metrics.init_app(&app.id, role.serves_websockets());
+    }
     // Metrics and health first, so an orchestrator sees "alive, not ready" while NATS comes up.
     let admin = herald_metrics::bind_admin(metrics_bind).await?;
     tokio::spawn(herald_metrics::serve_admin(admin, metrics.clone()));

@@ -373,7 +373,13 @@ impl Ingest {
             if p.channel.is_cache() {
                 self.state
                     .set_cache(&app.id, p.channel.as_str(), &p.event, &p.data)
-                    .await;
+                    .await
+                    .map_err(|e| {
+                        refused(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("cache channel store unavailable: {e}"),
+                        )
+                    })?;
             }
             let envelope = Envelope::new(&app.id, p.channel.as_str(), &p.event, p.data.clone())
                 .except(p.except_socket.clone());

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub kv_write_failures: prometheus::IntCounter,
     /// From a node's KV put to its own watch applying it: the replication lag.
     pub kv_apply_seconds: prometheus::Histogram,
+    /// 1 while this node's heartbeats reach the cluster state (JetStream KV).
+    pub kv_healthy: prometheus::IntGauge,
     /// Gateways found dead (heartbeat expired) whose entries were removed.
     pub nodes_removed: prometheus::IntCounter,
     /// From the trigger's publish timestamp to the queueing of the frame for the sockets.
@@ -242,6 +244,15 @@ impl Metrics {
                 r.register(Box::new(h.clone())).expect("unique metric");
                 h
             },
+            kv_healthy: {
+                let g = prometheus::IntGauge::new(
+                    "herald_kv_healthy",
+                    "1 while this node's heartbeats reach the cluster state (JetStream KV).",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             nodes_removed: {
                 let c = prometheus::IntCounter::new(
                     "herald_nodes_removed_total",
@@ -260,6 +271,39 @@ impl Metrics {
             ),
             registry: r,
             ready: AtomicBool::new(false),
+        }
+    }
+
+    /// Creates the series of a configured app at zero, so that a fresh pod
+    /// exports them and `increase()` sees the first event. Connection series
+    /// only where WebSockets are served.
+    pub fn init_app(&self, app: &str, websockets: bool) {
+        for counter in [&self.bus_publishes, &self.bus_publish_failures] {
+            counter.with_label_values(&[app]);
+        }
+        self.auth_failures.with_label_values(&[app, "api"]);
+        if !websockets {
+            return;
+        }
+        for gauge in [&self.connections, &self.subscriptions] {
+            gauge.with_label_values(&[app]);
+        }
+        for counter in [
+            &self.connections_opened,
+            &self.bytes_sent,
+            &self.bytes_received,
+            &self.slow_consumer_disconnects,
+        ] {
+            counter.with_label_values(&[app]);
+        }
+        for kind in ["channel", "signin", "auth_timeout"] {
+            self.auth_failures.with_label_values(&[app, kind]);
+        }
+        for kind in ["event", "client_event", "internal"] {
+            self.messages_sent.with_label_values(&[app, kind]);
+        }
+        for kind in ["client_event", "ping", "protocol", "malformed"] {
+            self.messages_received.with_label_values(&[app, kind]);
         }
     }
 

@@ -65,6 +65,7 @@ pub struct KvMetrics {
     pub write_failures: prometheus::IntCounter,
     pub apply_seconds: prometheus::Histogram,
     pub nodes_removed: prometheus::IntCounter,
+    pub healthy: prometheus::IntGauge,
 }
 
 fn key(parts: &[&str]) -> String {
@@ -271,6 +272,17 @@ impl Liveness {
             .collect()
     }
 
+    /// Whether this node's watch is current: its own heartbeat came back
+    /// through it within two beats. A stalled watch (its NATS server died,
+    /// say) shows everyone as silent; nobody is judged on that.
+    fn watch_healthy(&self, me: &str) -> bool {
+        let state = self.inner.lock();
+        state
+            .seen
+            .get(me)
+            .is_some_and(|at| at.elapsed() <= self.ttl * 2 / 3 + self.ttl / 6)
+    }
+
     /// Whether `node` has the lowest id among the nodes heard from lately.
     fn is_lowest_live(&self, node: &str) -> bool {
         let state = self.inner.lock();
@@ -296,6 +308,11 @@ struct Inner {
     liveness: Liveness,
     /// Rewrite every local entry (they were removed while this node lived).
     reassert: Notify,
+    /// Whether this node's last heartbeat was accepted by NATS.
+    beating: std::sync::atomic::AtomicBool,
+    /// Dead nodes whose keys are still to be deleted, and when they died.
+    cleanups: Mutex<HashMap<String, (Instant, Vec<Change>)>>,
+    client: async_nats::Client,
 }
 
 pub(crate) struct KvStore {
@@ -344,7 +361,11 @@ impl Inner {
                     .observe(started.elapsed().as_secs_f64());
                 Ok(())
             }
-            None => store.delete(&key).await.map_err(|e| e.to_string()),
+            // A purge marker with a TTL, unlike a delete marker, does not stay forever.
+            None => store
+                .purge_with_ttl(&key, MARKER_TTL)
+                .await
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -374,20 +395,31 @@ impl Inner {
     }
 
     /// Rewrites every entry this node holds.
-    async fn reassert_all(&self) {
+    /// Makes the store match this node's local counts: rewrites every entry
+    /// it holds and deletes every entry the view still attributes to it but
+    /// it no longer holds (a delete that never reached NATS).
+    async fn reassert_all(&self) -> Result<(), String> {
         let local = self.shared.local.lock().await;
-        let changes = local.changes(&self.shared.node);
+        let node = &self.shared.node;
+        let stale: Vec<Change> = self
+            .shared
+            .replica
+            .view
+            .read()
+            .owned_by(node)
+            .into_iter()
+            .filter(|removal| local.restore(removal).is_none())
+            .collect();
+        let changes = local.changes(node);
         tracing::info!(
             entries = changes.len(),
-            "re-asserting this node's presence and occupancy entries"
+            stale = stale.len(),
+            "re-asserting this node's entries"
         );
-        for change in changes {
-            if let Err(e) = self.write(&change).await {
-                tracing::warn!(error = %e, "re-assert failed; will retry");
-                self.reassert.notify_one();
-                return;
-            }
+        for change in stale.iter().chain(&changes) {
+            self.write(change).await?;
         }
+        Ok(())
     }
 
     /// A dead node's entries leave every view; the lowest live node deletes the keys.
@@ -408,15 +440,35 @@ impl Inner {
             "node is gone; its members were removed"
         );
         self.settings.metrics.nodes_removed.inc();
-        if self.liveness.is_lowest_live(&self.shared.node) {
-            let inner = self.clone();
-            tokio::spawn(async move {
-                for removal in removals {
-                    if let Err(e) = inner.write(&removal).await {
-                        tracing::warn!(error = %e, "deleting a dead node's key failed");
-                    }
+        self.cleanups
+            .lock()
+            .insert(node.to_owned(), (Instant::now(), removals));
+    }
+
+    /// Deletes dead nodes' keys if this node is the lowest live one. Every
+    /// node remembers the deaths it saw for a while, so when the node that
+    /// should clean up died too, the next one in line still does it; a
+    /// failed delete stays pending and is retried on the next beat.
+    async fn clean_up_dead_nodes(&self) {
+        let keep_for = self.settings.node_ttl * 3;
+        if !self.liveness.is_lowest_live(&self.shared.node) {
+            self.cleanups
+                .lock()
+                .retain(|_, (at, _)| at.elapsed() < keep_for);
+            return;
+        }
+        let pending: Vec<(String, (Instant, Vec<Change>))> = self.cleanups.lock().drain().collect();
+        for (node, (at, removals)) in pending {
+            let mut failed = Vec::new();
+            for removal in removals {
+                if let Err(e) = self.write(&removal).await {
+                    tracing::warn!(node, error = %e, "deleting a dead node's key failed; will retry");
+                    failed.push(removal);
                 }
-            });
+            }
+            if !failed.is_empty() {
+                self.cleanups.lock().insert(node, (at, failed));
+            }
         }
     }
 
@@ -450,9 +502,16 @@ impl Inner {
     fn on_entry(self: &Arc<Self>, entry: &kv::Entry) {
         let put = entry.operation == Operation::Put;
         if let Some(node) = heartbeat_node(&entry.key) {
+            let me = self.shared.node.as_str();
             if put {
+                if node == me && !self.liveness.watch_healthy(me) {
+                    // The watch is current again: everyone gets a fresh window.
+                    self.liveness.restart();
+                }
                 self.liveness.seen(&node);
-            } else if node == self.shared.node || self.liveness.expired_on_time(&node) {
+            } else if node == me
+                || (self.liveness.expired_on_time(&node) && self.liveness.watch_healthy(me))
+            {
                 self.node_gone(&node);
             }
             // Otherwise the heartbeat expired late: NATS was down, nobody
@@ -473,24 +532,27 @@ impl Inner {
     async fn keep_alive(self: Arc<Self>) {
         let beat = (self.settings.node_ttl / 3).max(Duration::from_millis(200));
         let mut failing = false;
+        // Set when the store may lack this node's entries; retried every beat.
+        let mut reassert = false;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(beat) => {}
-                _ = self.reassert.notified() => {
-                    let _ = self.heartbeat().await;
-                    self.reassert_all().await;
-                    continue;
-                }
+                _ = self.reassert.notified() => reassert = true,
             }
-            match self.heartbeat().await {
+            let beat_result = self.heartbeat().await;
+            self.beating
+                .store(beat_result.is_ok(), std::sync::atomic::Ordering::Relaxed);
+            self.settings
+                .metrics
+                .healthy
+                .set(i64::from(beat_result.is_ok()));
+            match beat_result {
                 Ok(()) if failing => {
-                    // NATS is back, possibly without its data: make sure the
-                    // buckets exist and everything this node holds is there.
+                    // NATS is back, possibly without its data.
                     failing = false;
                     tracing::info!("KV reachable again");
                     self.liveness.restart();
-                    self.reopen_buckets().await;
-                    self.reassert_all().await;
+                    reassert = true;
                 }
                 Ok(()) => {}
                 Err(e) => {
@@ -499,10 +561,18 @@ impl Inner {
                     }
                     failing = true;
                     self.reopen_buckets().await;
+                    // Silence is this node's own outage, not evidence about others.
+                    continue;
                 }
             }
-            if failing {
-                // Silence is this node's own outage, not evidence about others.
+            if reassert {
+                self.reopen_buckets().await;
+                match self.reassert_all().await {
+                    Ok(()) => reassert = false,
+                    Err(e) => tracing::warn!(error = %e, "re-assert failed; retrying next beat"),
+                }
+            }
+            if !self.liveness.watch_healthy(&self.shared.node) {
                 continue;
             }
             let others = self.shared.replica.view.read().nodes();
@@ -513,6 +583,7 @@ impl Inner {
             {
                 self.node_gone(&node);
             }
+            self.clean_up_dead_nodes().await;
         }
     }
 
@@ -552,7 +623,9 @@ fn spawn_watcher(inner: Arc<Inner>, cache: bool, applied: watch::Sender<u64>) {
             };
             if watched.as_ref().is_some_and(|w| w.created != info.created) {
                 tracing::warn!(bucket = %store.name, "KV bucket was re-created; reading it from the start");
+                inner.applied_keys.lock().clear();
                 applied.send_replace(0);
+                inner.reassert.notify_one();
             }
             let created = info.created;
             watched = Some(info);
@@ -570,6 +643,7 @@ fn spawn_watcher(inner: Arc<Inner>, cache: bool, applied: watch::Sender<u64>) {
                     continue;
                 }
             };
+            let opened = Instant::now();
             let mut check = tokio::time::interval(check_every);
             check.tick().await;
             loop {
@@ -595,7 +669,16 @@ fn spawn_watcher(inner: Arc<Inner>, cache: bool, applied: watch::Sender<u64>) {
                     },
                     _ = check.tick() => {
                         let recreated = bucket_info(&inner.js, &store.name).await.is_ok_and(|i| i.created != created);
-                        if recreated {
+                        // This node's heartbeats are accepted but do not come back:
+                        // the watch's consumer died with its NATS server. Do not
+                        // wait for the client to notice (it takes ~10 s).
+                        let stalled = inner.beating.load(std::sync::atomic::Ordering::Relaxed)
+                            && !inner.liveness.watch_healthy(&inner.shared.node)
+                            && opened.elapsed() > inner.settings.node_ttl;
+                        if stalled {
+                            tracing::warn!(bucket = %store.name, "KV watch stalled; re-opening it");
+                        }
+                        if recreated || stalled {
                             break;
                         }
                     }
@@ -616,6 +699,7 @@ impl KvStore {
         settings: &KvSettings,
         shared: Arc<Shared>,
     ) -> Result<Self, String> {
+        let client_for_state = client.clone();
         let js = async_nats::jetstream::new(client);
         let state = open_bucket(
             &js,
@@ -641,6 +725,9 @@ impl KvStore {
             state_applied,
             cache_applied,
             applied_keys: Mutex::default(),
+            cleanups: Mutex::default(),
+            beating: std::sync::atomic::AtomicBool::new(false),
+            client: client_for_state,
             liveness: Liveness::new(settings.node_ttl),
             reassert: Notify::new(),
         });
@@ -669,9 +756,24 @@ impl KvStore {
         Ok(Self { inner })
     }
 
+    /// Writes an entry nobody re-asserts (a cache entry), reporting failure.
+    pub(crate) async fn write_checked(&self, change: &Change) -> Result<(), String> {
+        self.inner
+            .write(change)
+            .await
+            .inspect_err(|_| self.inner.settings.metrics.write_failures.inc())
+    }
+
     /// Writes one owned entry; a put returns once this node's view has it.
     /// A failure is logged; the entry is written again when NATS is back.
     pub(crate) async fn write(&self, change: &Change) {
+        if self.inner.client.connection_state() != async_nats::connection::State::Connected {
+            // Do not hold up this node's sockets on an outage: the entry is
+            // written by the re-assert once NATS is back.
+            self.inner.settings.metrics.write_failures.inc();
+            self.inner.reassert.notify_one();
+            return;
+        }
         if let Err(e) = self.inner.write(change).await {
             tracing::warn!(error = %e, "KV write failed");
             self.inner.settings.metrics.write_failures.inc();

@@ -332,18 +332,31 @@ impl ChannelState {
     }
 
     /// Stores the last event of a cache channel.
-    pub async fn set_cache(&self, app: &str, channel: &str, event: &str, data: &str) {
+    pub async fn set_cache(
+        &self,
+        app: &str,
+        channel: &str,
+        event: &str,
+        data: &str,
+    ) -> Result<(), String> {
         let event = CachedEvent {
             event: event.into(),
             data: data.into(),
             stored_ms: unix_millis(),
         };
-        self.write(Change::Cache {
+        let change = Change::Cache {
             app: app.into(),
             channel: channel.into(),
             event: Some(event),
-        })
-        .await;
+        };
+        // Not owned by a node, so nothing would re-assert it: report failures.
+        match &self.store {
+            Some(store) => store.write_checked(&change).await,
+            None => {
+                self.shared.replica.apply(change);
+                Ok(())
+            }
+        }
     }
 
     pub fn cache(&self, app: &str, channel: &str) -> Option<CachedEvent> {
