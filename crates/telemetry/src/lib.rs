@@ -37,9 +37,18 @@ pub struct Telemetry {
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` variable is set.
 pub fn init(format: LogFormat, service: &str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // RUST_LOG filters the log output only; exported spans have their own
+    // level. Colours only on a terminal: log collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let logs = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
-        LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_filter(filter)
+            .boxed(),
     };
     let provider = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").and_then(|_| {
         match opentelemetry_otlp::SpanExporter::builder()
@@ -70,7 +79,6 @@ pub fn init(format: LogFormat, service: &str) -> Telemetry {
     });
     EXPORTING.store(provider.is_some(), Ordering::Relaxed);
     tracing_subscriber::registry()
-        .with(filter)
         .with(logs)
         .with(traces)
         .init();

@@ -1,0 +1,298 @@
+'use strict';
+// Browser test of examples/admin-monitoring: its one command (`run`) starts Herald, the Laravel-like app (auth
+// endpoint + dashboard) and the simulator; headless Chromium (Debian's /usr/bin/chromium, driven by
+// playwright-core) opens the dashboard.
+//
+//   - Carol (role "user") is refused every admin-* channel: the page says so, and no admin event reaches it
+//     while an admin client (Node, laravel-echo) receives the simulator's events on those channels.
+//   - Alice (admin) sees the simulator's events on screen, and Bob (a second admin, a Node laravel-echo client)
+//     appear in and leave her "Admins online" list (presence-admin-presence). The screenshot goes to
+//     docs/img/admin-monitoring.png.
+//
+// Needs: /usr/bin/chromium (scripts/test installs it; the test fails, not skips, without it) and the example's
+// own dependencies (npm ci in examples/admin-monitoring). Synchronisation: bounded waits on page and client state.
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { before, after } = require('node:test');
+const h = require('./harness');
+const { test, assert } = h;
+
+const CHROMIUM = '/usr/bin/chromium';
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+const REPO = path.resolve(__dirname, '..', '..', '..');
+const EXAMPLE_DIR = path.join(REPO, 'examples', 'admin-monitoring');
+const SCREENSHOT = path.join(REPO, 'docs', 'img', 'admin-monitoring.png');
+const APP = { id: 'local', key: 'local', secret: 'local' }; // the seed's .env
+
+const PRIVATE_ADMIN = ['admin-monitoring', 'admin-orders', 'admin-payments', 'admin-inventory', 'admin-system', 'admin-notifications'];
+const ADMIN_CHANNELS = [...PRIVATE_ADMIN.map((c) => `private-${c}`), 'presence-admin-presence'];
+const ADMIN_EVENTS = ['user.online', 'user.offline', 'order.new', 'payment.processed', 'stock.alert', 'system.alert', 'admin.notification'];
+const FEEDS = ['feed-orders', 'feed-payments', 'feed-stock', 'feed-system', 'feed-users', 'feed-notifications'];
+
+let setupError;
+let demo; // {child, url, port, output(), exited}
+let browser; // playwright persistent context
+let userDataDir;
+
+function preflight() {
+  if (!fs.existsSync(CHROMIUM)) {
+    throw new Error(
+      `${CHROMIUM} is missing: the admin-monitoring browser test needs Debian's chromium package ` +
+        `(apt-get update && apt-get install -y chromium; scripts/test installs it).`,
+    );
+  }
+  for (const dep of ['pusher', 'pusher-js', 'laravel-echo']) {
+    if (!fs.existsSync(path.join(EXAMPLE_DIR, 'node_modules', dep, 'package.json'))) {
+      throw new Error(`examples/admin-monitoring/node_modules/${dep} is missing: run npm ci in examples/admin-monitoring`);
+    }
+  }
+  if (!fs.existsSync(h.HERALD_BIN)) throw new Error(`Herald binary not found at ${h.HERALD_BIN} (set HERALD_BIN)`);
+}
+
+/** Start `examples/admin-monitoring/run` on free ports; resolves once it prints the dashboard URL. */
+async function startDemo() {
+  const heraldPort = await h.freePort();
+  let metricsPort = await h.freePort();
+  while (metricsPort === heraldPort) metricsPort = await h.freePort();
+  const args = [
+    path.join(EXAMPLE_DIR, 'run'),
+    '--port', '0',
+    '--herald-port', String(heraldPort),
+    '--metrics-port', String(metricsPort),
+    '--rate', '10',
+    '--seed', '7',
+    '--min-users', '2',
+    '--max-users', '5',
+    '--payment-failure-rate', '0.4',
+  ];
+  const env = { ...process.env, HERALD_BIN: h.HERALD_BIN, PUSHER_APP_ID: APP.id, PUSHER_APP_KEY: APP.key, PUSHER_APP_SECRET: APP.secret, NO_COLOR: '1' };
+  // Its own process group, so that a failed shutdown can take Herald down with it.
+  const child = spawn(process.execPath, args, { cwd: EXAMPLE_DIR, env, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  let output = '';
+  child.stdout.on('data', (d) => (output += d));
+  child.stderr.on('data', (d) => (output += d));
+  let exitInfo = null;
+  const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve((exitInfo = { code, signal }))));
+  exited.catch(() => {});
+  process.on('exit', () => {
+    try {
+      process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  });
+  const url = await h.withTimeout(
+    new Promise((resolve, reject) => {
+      const check = () => {
+        const m = /^Dashboard: (http:\/\/\S+?)\?user=1$/m.exec(output);
+        if (m) resolve(m[1]);
+      };
+      child.stdout.on('data', check);
+      exited.then((info) => reject(new Error(`run exited (${JSON.stringify(info)}) before printing the URL`)));
+    }),
+    30000,
+    'examples/admin-monitoring/run to print "Dashboard: URL"',
+  ).catch((e) => {
+    try {
+      process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+    throw new Error(`${e.message}\n--- run output ---\n${output}`);
+  });
+  return {
+    child,
+    url,
+    heraldPort,
+    metricsPort,
+    exited,
+    output: () => output,
+    async stop() {
+      if (exitInfo) return exitInfo;
+      child.kill('SIGINT');
+      try {
+        return await h.withTimeout(exited, 15000, 'run to exit after SIGINT');
+      } catch (e) {
+        process.kill(-child.pid, 'SIGKILL');
+        throw e;
+      }
+    },
+  };
+}
+
+before(async () => {
+  try {
+    preflight();
+    demo = await startDemo();
+    const { chromium } = require('playwright-core');
+    userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-chromium-'));
+    browser = await chromium.launchPersistentContext(userDataDir, {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: CHROMIUM_ARGS,
+      viewport: { width: 1360, height: 860 },
+      timeout: 60000,
+    });
+  } catch (e) {
+    setupError = e;
+  }
+});
+
+after(async () => {
+  if (browser) await browser.close().catch(() => {});
+  if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
+  if (demo) {
+    const { code } = await demo.stop();
+    assert.equal(code, 0, `run should exit 0 on SIGINT:\n${demo.output().slice(-4000)}`);
+  }
+});
+
+/** The test body, with the demo's output appended to a failure. */
+function demoTest(name, fn) {
+  return test(name, { timeout: 120000 }, async (t) => {
+    if (setupError) throw setupError;
+    const pageErrors = [];
+    const page = await browser.newPage();
+    page.on('pageerror', (e) => pageErrors.push(e.message));
+    page.on('console', (m) => {
+      // The browser logs each refused /broadcasting/auth (403) as a failed resource load: expected for Carol.
+      if (m.type() === 'error' && !/Failed to load resource: .*status of 403/.test(m.text())) pageErrors.push(`console: ${m.text()}`);
+    });
+    try {
+      await fn(t, page, pageErrors);
+    } catch (err) {
+      err.message += `\n--- page errors ---\n${pageErrors.join('\n')}\n--- run output (tail) ---\n${demo.output().slice(-6000)}`;
+      throw err;
+    } finally {
+      await page.close().catch(() => {});
+    }
+  });
+}
+
+/** A laravel-echo client in Node logged in (by the ?user= parameter) as `userId`, against the demo. */
+async function echoAs(userId) {
+  const Echo = await h.loadEcho();
+  const echo = new Echo({
+    broadcaster: 'pusher',
+    key: APP.key,
+    Pusher: h.PusherJs,
+    cluster: 'mt1',
+    wsHost: '127.0.0.1',
+    wsPort: demo.heraldPort,
+    forceTLS: false,
+    enabledTransports: ['ws'],
+    disableStats: true,
+    authEndpoint: `${demo.url}broadcasting/auth?user=${userId}`,
+    withoutInterceptors: true,
+  });
+  h.track(() => echo.disconnect());
+  return echo;
+}
+
+const status = async () => (await fetch(`${demo.url}api/status`, { signal: AbortSignal.timeout(5000) })).json();
+
+demoTest('a non-admin user is refused the admin channels: the page says so and shows no admin events', async (t, page, pageErrors) => {
+  await page.goto(`${demo.url}?user=3`, { timeout: 15000 });
+  await page.waitForSelector('#auth-error:not([hidden])', { state: 'visible', timeout: 15000 });
+  await page.waitForFunction((channels) => channels.every((c) => window.dashboard.refused[c] === 403), ADMIN_CHANNELS, { timeout: 15000 });
+  // Her socket works: the one channel she may join (presence-user-presence) is subscribed.
+  await page.waitForFunction(() => window.dashboard.subscribed['presence-user-presence'] === true, null, { timeout: 15000 });
+
+  const text = await page.textContent('#auth-error');
+  assert.match(text, /Not authorized for the admin channels/);
+  assert.match(text, /Carol Customer does not have the admin role/);
+  for (const c of ADMIN_CHANNELS) assert.match(text, new RegExp(`${c}: 403`), `error text names ${c}`);
+
+  // The refusals came from the app's /broadcasting/auth (Laravel's 403), never from Herald.
+  const refusedForCarol = (await status()).auth.recent.filter((r) => r.user === 3 && r.status === 403).map((r) => r.channel);
+  assert.deepEqual([...new Set(refusedForCarol)].sort(), [...ADMIN_CHANNELS].sort());
+  // ... so Herald counts no channel auth failure (that counter is for signatures Herald itself rejects).
+  const metrics = await (await fetch(`http://127.0.0.1:${demo.metricsPort}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+  assert.doesNotMatch(metrics, /^herald_auth_failures_total\{[^}]*kind="channel"[^}]*\} [1-9]/m);
+
+  // Meanwhile an admin (Bob, Node laravel-echo) receives the simulator's admin events...
+  const bob = await echoAs(2);
+  const seen = [];
+  for (const c of PRIVATE_ADMIN) {
+    const ch = bob.private(c);
+    for (const e of ADMIN_EVENTS) ch.listen(`.${e}`, () => seen.push(e));
+  }
+  await Promise.all(PRIVATE_ADMIN.map((c) => h.echoSubscribed(bob.private(c), 10000)));
+  await h.waitFor(() => new Set(seen).size >= 5 && seen.length >= 10, 20000, `admin events at Bob (got ${seen.length})`);
+
+  // ... and none of them reached Carol's page.
+  const onPage = await page.evaluate(
+    (feeds) => ({
+      adminEvents: window.dashboard.adminEvents,
+      feedItems: feeds.map((f) => document.querySelectorAll(`#${f} li`).length).reduce((a, b) => a + b, 0),
+      ordersToday: document.getElementById('orders-today').textContent,
+      usersOnline: document.getElementById('users-online').textContent,
+      admins: document.querySelectorAll('#admins-online li').length,
+      received: document.getElementById('events-received').textContent,
+    }),
+    FEEDS,
+  );
+  assert.deepEqual(onPage, { adminEvents: 0, feedItems: 0, ordersToday: '–', usersOnline: '–', admins: 0, received: '0' });
+  assert.deepEqual(pageErrors, []);
+});
+
+demoTest('an admin sees the simulator events live and another admin joining and leaving presence-admin-presence', async (t, page, pageErrors) => {
+  await page.goto(`${demo.url}?user=1`, { timeout: 15000 });
+  await page.waitForFunction(
+    (channels) => channels.every((c) => window.dashboard.subscribed[c] === true),
+    [...ADMIN_CHANNELS, 'presence-user-presence'],
+    { timeout: 15000 },
+  );
+  assert.equal(await page.isHidden('#auth-error'), true, 'no refusal shown to an admin');
+  await page.waitForFunction(() => window.dashboard.admins.join() === 'Alice Admin', null, { timeout: 10000 });
+
+  // Simulator events appear on screen: every feed fills and the counters move.
+  await page.waitForFunction(
+    (feeds) =>
+      feeds.every((f) => document.querySelectorAll(`#${f} li`).length >= 1) &&
+      document.querySelectorAll('#feed-orders li').length >= 5 &&
+      document.querySelectorAll('#feed-system li').length >= 2 &&
+      document.querySelectorAll('#feed-notifications li').length >= 2 &&
+      /^\d+$/.test(document.getElementById('orders-today').textContent) &&
+      /^\d+$/.test(document.getElementById('users-online').textContent) &&
+      Number(document.getElementById('payments-success').textContent) >= 1 &&
+      Number(document.getElementById('payments-failed').textContent) >= 1 &&
+      Number(document.getElementById('stock-alerts').textContent) >= 1 &&
+      Number(document.getElementById('system-alerts').textContent) >= 1,
+    FEEDS,
+    { timeout: 30000 },
+  );
+  const sim = (await status()).simulator;
+  const ordersToday = Number(await page.textContent('#orders-today'));
+  assert.ok(ordersToday >= 5 && ordersToday <= sim.today_order_count, `today's orders ${ordersToday} (simulator at ${sim.today_order_count})`);
+  assert.match(await page.textContent('#feed-orders li'), /ORD-\d{8}-\d{4} · \d items? · \$[\d,]+\.\d\d/);
+  assert.match(await page.textContent('#feed-stock'), /(low stock|out of stock|restocked) .+ · \d+ in stock \(threshold \d+\)/);
+
+  // A second admin joins presence-admin-presence: Alice's list shows Bob, and Bob's here() shows Alice.
+  const bob = await echoAs(2);
+  const bobHere = await h.withTimeout(new Promise((resolve) => bob.join('admin-presence').here(resolve)), 10000, "Bob's here()");
+  assert.deepEqual(bobHere.map((u) => u.name).sort(), ['Alice Admin', 'Bob Admin']);
+  await page.waitForFunction(() => window.dashboard.admins.join() === 'Alice Admin,Bob Admin', null, { timeout: 10000 });
+  assert.equal(await page.textContent('#admins-count'), '2');
+  assert.deepEqual(await page.$$eval('#admins-online li', (lis) => lis.map((li) => li.textContent)), ['Alice Admin (you)', 'Bob Admin']);
+
+  fs.mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
+  // The viewport, not fullPage: the live page may grow between measuring and capturing.
+  await page.screenshot({ path: SCREENSHOT, animations: 'disabled' });
+  assert.ok(fs.statSync(SCREENSHOT).size > 10000, 'screenshot written');
+
+  bob.leave('admin-presence');
+  await page.waitForFunction(() => window.dashboard.admins.join() === 'Alice Admin', null, { timeout: 10000 });
+  assert.deepEqual(pageErrors, []);
+});
