@@ -31,6 +31,12 @@ pub struct Config {
     pub outbox_capacity: usize,
     /// Seconds a single socket write may take before the connection is dropped.
     pub write_timeout: u64,
+    /// Seconds a client may take to send a complete HTTP request head
+    /// (upgrade or API call) before the connection is closed (slowloris).
+    pub header_timeout: u64,
+    /// Open WebSocket connections allowed from one IP address (0 = unlimited);
+    /// over it the socket is closed with 4100 (reconnect later).
+    pub max_connections_per_ip: usize,
     /// Seconds over which a gateway closes its connections (4200) after
     /// SIGTERM, so clients move to other nodes gradually. Default: 30 for
     /// `herald gateway`, 0 (all at once) for `herald standalone`.
@@ -130,6 +136,8 @@ impl Default for Config {
             max_message_bytes: 64 * 1024,
             outbox_capacity: 1024,
             write_timeout: 10,
+            header_timeout: 10,
+            max_connections_per_ip: 0,
             drain_window: None,
             shutdown_timeout: 5,
             nats: NatsConfig::default(),
@@ -145,6 +153,10 @@ pub struct AppConfig {
     pub id: String,
     pub key: String,
     pub secret: String,
+    /// A second accepted secret while rotating: sign with the new `secret`,
+    /// keep accepting the old one here until every client has moved.
+    #[serde(default)]
+    pub previous_secret: Option<String>,
     #[serde(default = "yes")]
     pub enabled: bool,
     /// Allow `client-*` events (off by default, as on Pusher).
@@ -172,6 +184,16 @@ pub struct AppConfig {
     pub max_batch_events: usize,
     #[serde(default = "default_client_rate")]
     pub max_client_events_per_second: u32,
+    /// Channels one connection may be subscribed to at once.
+    #[serde(default = "default_max_subscriptions")]
+    pub max_subscriptions_per_connection: usize,
+    /// HTTP API requests per second for the app (0 = unlimited); over it: 429.
+    #[serde(default)]
+    pub max_api_requests_per_second: u32,
+}
+
+fn default_max_subscriptions() -> usize {
+    1000
 }
 
 fn yes() -> bool {
@@ -203,6 +225,7 @@ impl AppConfig {
             id: id.into(),
             key: key.into(),
             secret: secret.into(),
+            previous_secret: None,
             enabled: true,
             client_events: false,
             subscription_count: false,
@@ -214,7 +237,14 @@ impl AppConfig {
             max_channels_per_event: default_max_channels(),
             max_batch_events: default_max_batch(),
             max_client_events_per_second: default_client_rate(),
+            max_subscriptions_per_connection: default_max_subscriptions(),
+            max_api_requests_per_second: 0,
         }
+    }
+
+    /// The secrets a signature may be made with: the current one first.
+    pub fn secrets(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.secret.as_str()).chain(self.previous_secret.as_deref())
     }
 
     pub fn api_limits(&self) -> ApiLimits {
@@ -335,6 +365,7 @@ impl Config {
             ("max_message_bytes", self.max_message_bytes),
             ("outbox_capacity", self.outbox_capacity),
             ("write_timeout", self.write_timeout as usize),
+            ("header_timeout", self.header_timeout as usize),
         ] {
             if value == 0 {
                 return Err(invalid(key.into(), "must be greater than 0"));
@@ -387,6 +418,10 @@ impl Config {
                 (
                     "max_client_events_per_second",
                     app.max_client_events_per_second as usize,
+                ),
+                (
+                    "max_subscriptions_per_connection",
+                    app.max_subscriptions_per_connection,
                 ),
             ] {
                 if value == 0 {

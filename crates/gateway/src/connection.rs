@@ -86,7 +86,32 @@ type Admission = Result<Arc<herald_config::AppConfig>, Refusal>;
 /// Runs an upgraded connection. A plain TCP socket is split into owned
 /// halves (no lock between reader and writer); other transports fall back
 /// to a shared split.
-pub async fn run(gateway: Arc<Gateway>, upgraded: Upgraded, admission: Admission) {
+pub async fn run(
+    gateway: Arc<Gateway>,
+    upgraded: Upgraded,
+    admission: Admission,
+    client: std::net::IpAddr,
+) {
+    if !gateway.acquire_ip(client) {
+        gateway
+            .metrics
+            .limit_rejections
+            .with_label_values(&["", "connections_per_ip"])
+            .inc();
+        let refusal = Refusal::new(
+            codes::OVER_CAPACITY,
+            format!("too many connections from {client}"),
+            "",
+            "per_ip_limit",
+        );
+        let (_, mut write_half) = tokio::io::split(TokioIo::new(upgraded));
+        return refuse(&gateway, &mut write_half, refusal).await;
+    }
+    serve_upgraded(gateway.clone(), upgraded, admission).await;
+    gateway.release_ip(client);
+}
+
+async fn serve_upgraded(gateway: Arc<Gateway>, upgraded: Upgraded, admission: Admission) {
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let (read_half, write_half) = parts.io.into_inner().into_split();

@@ -22,6 +22,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,7 @@ pub struct Settings {
     pub max_message_bytes: usize,
     pub outbox_capacity: usize,
     pub write_timeout: Duration,
+    pub max_connections_per_ip: usize,
 }
 
 impl Settings {
@@ -46,6 +48,7 @@ impl Settings {
             max_message_bytes: config.max_message_bytes,
             outbox_capacity: config.outbox_capacity,
             write_timeout: Duration::from_secs(config.write_timeout),
+            max_connections_per_ip: config.max_connections_per_ip,
         }
     }
 }
@@ -57,6 +60,8 @@ pub struct Gateway {
     state: Arc<ChannelState>,
     bus: Arc<dyn Bus>,
     metrics: Arc<Metrics>,
+    /// Open connections per client address, when `max_connections_per_ip` is set.
+    per_ip: parking_lot::Mutex<HashMap<IpAddr, usize>>,
     /// Random per process, so socket ids from different nodes never collide.
     socket_prefix: u32,
     next_socket: AtomicU64,
@@ -77,6 +82,7 @@ impl Gateway {
             state,
             bus,
             metrics,
+            per_ip: parking_lot::Mutex::default(),
             socket_prefix: rand::random::<u32>() % 1_000_000_000,
             next_socket: AtomicU64::new(1),
         })
@@ -105,7 +111,11 @@ impl Gateway {
     }
 
     /// Handles `GET /app/{key}`: upgrades to a WebSocket and runs the connection.
-    pub fn handle(self: &Arc<Self>, mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    pub fn handle(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+        client: IpAddr,
+    ) -> Response<Full<Bytes>> {
         let key = req
             .uri()
             .path()
@@ -124,7 +134,9 @@ impl Gateway {
         let gateway = self.clone();
         tokio::spawn(async move {
             match upgrade.await {
-                Ok(ws) => connection::run(gateway, ws.into_inner().into_inner(), admission).await,
+                Ok(ws) => {
+                    connection::run(gateway, ws.into_inner().into_inner(), admission, client).await
+                }
                 Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
             }
         });
@@ -201,6 +213,34 @@ impl Gateway {
 
     pub fn connection_count(&self) -> usize {
         self.hub.connection_count()
+    }
+
+    /// Counts a connection from `ip`; false when the address is at its limit.
+    fn acquire_ip(&self, ip: IpAddr) -> bool {
+        let max = self.settings.max_connections_per_ip;
+        if max == 0 {
+            return true;
+        }
+        let mut per_ip = self.per_ip.lock();
+        let count = per_ip.entry(ip).or_default();
+        if *count >= max {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn release_ip(&self, ip: IpAddr) {
+        if self.settings.max_connections_per_ip == 0 {
+            return;
+        }
+        let mut per_ip = self.per_ip.lock();
+        if let Some(count) = per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&ip);
+            }
+        }
     }
 }
 

@@ -408,12 +408,21 @@ impl Session {
                 .then(|| self.gateway.state.presence_data(&self.app.id, channel));
             return self.send_text(&message::subscription_succeeded(channel, presence));
         }
+        if self.subscriptions.len() >= self.app.max_subscriptions_per_connection {
+            let why = format!(
+                "a connection may hold {} subscriptions",
+                self.app.max_subscriptions_per_connection
+            );
+            return self.subscription_error(channel, "LimitReached", &why, 403);
+        }
         let socket_id = self.peer.socket_id().clone();
         if name.requires_auth() {
             let signed =
                 auth::channel_string_to_sign(&socket_id, channel, sub.channel_data.as_deref());
             let valid = sub.auth.as_deref().is_some_and(|token| {
-                auth::verify_token(&self.app.key, &self.app.secret, &signed, token)
+                self.app
+                    .secrets()
+                    .any(|secret| auth::verify_token(&self.app.key, secret, &signed, token))
             });
             if !valid {
                 return self.subscription_error(channel, "AuthError", "Invalid signature", 401);
@@ -557,7 +566,11 @@ impl Session {
         let signed = auth::user_string_to_sign(&socket_id, user_data);
         let parsed = serde_json::from_str::<UserData>(user_data).ok();
         let user_id = parsed.as_ref().and_then(|d| user_id_of(&d.id));
-        let refusal = if !auth::verify_token(&self.app.key, &self.app.secret, &signed, token) {
+        let signed_ok = self
+            .app
+            .secrets()
+            .any(|secret| auth::verify_token(&self.app.key, secret, &signed, token));
+        let refusal = if !signed_ok {
             Some("Invalid signature".to_owned())
         } else if user_id.is_none() {
             Some(format!(

@@ -314,7 +314,7 @@ async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => {
-                let (stream, _) = match accepted {
+                let (stream, remote) = match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -322,7 +322,8 @@ async fn run(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve_connection(stream, gateway.clone(), ingest.clone()));
+                let header_timeout = Duration::from_secs(config.header_timeout);
+                tokio::spawn(serve_connection(stream, remote.ip(), header_timeout, gateway.clone(), ingest.clone()));
             }
         }
     }
@@ -356,6 +357,8 @@ async fn run(
 
 async fn serve_connection(
     stream: tokio::net::TcpStream,
+    remote: std::net::IpAddr,
+    header_timeout: Duration,
     gateway: Option<Arc<Gateway>>,
     ingest: Option<Arc<Ingest>>,
 ) {
@@ -365,7 +368,7 @@ async fn serve_connection(
         async move {
             let path = req.uri().path();
             let response = match (&gateway, &ingest) {
-                (Some(gateway), _) if path.starts_with("/app/") => gateway.handle(req),
+                (Some(gateway), _) if path.starts_with("/app/") => gateway.handle(req, remote),
                 (_, Some(ingest)) if path.starts_with("/apps/") => ingest.handle(req).await,
                 _ => Response::builder()
                     .status(StatusCode::NOT_FOUND)
@@ -378,7 +381,10 @@ async fn serve_connection(
             Ok::<_, std::convert::Infallible>(response)
         }
     });
+    // A request head must arrive within header_timeout (slowloris).
     let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades()
         .await;

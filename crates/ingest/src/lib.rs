@@ -11,6 +11,7 @@ use herald_config::AppConfig;
 use herald_metrics::Metrics;
 use herald_presence::ChannelState;
 use herald_protocol::api::{self, ApiError, Info, Publication};
+use herald_protocol::rate::TokenBucket;
 use herald_protocol::{auth, ChannelName};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -26,6 +27,8 @@ const MAX_CLOCK_SKEW_SECS: u64 = 600;
 
 pub struct Ingest {
     apps_by_id: HashMap<String, Arc<AppConfig>>,
+    /// Per-app request budgets, for apps with `max_api_requests_per_second`.
+    rates: HashMap<String, parking_lot::Mutex<TokenBucket>>,
     state: Arc<ChannelState>,
     bus: Arc<dyn Bus>,
     metrics: Arc<Metrics>,
@@ -113,6 +116,15 @@ impl Ingest {
     ) -> Self {
         Self {
             apps_by_id: apps.iter().map(|a| (a.id.clone(), a.clone())).collect(),
+            rates: apps
+                .iter()
+                .filter(|a| a.max_api_requests_per_second > 0)
+                .map(|a| {
+                    let bucket =
+                        TokenBucket::new(a.max_api_requests_per_second, std::time::Instant::now());
+                    (a.id.clone(), parking_lot::Mutex::new(bucket))
+                })
+                .collect(),
             state,
             bus,
             metrics,
@@ -188,6 +200,19 @@ impl Ingest {
         )?;
         if !app.enabled {
             return Err(refused(StatusCode::FORBIDDEN, "app is disabled"));
+        }
+        if let Some(bucket) = self.rates.get(&app.id) {
+            if !bucket.lock().try_take(std::time::Instant::now()) {
+                self.metrics
+                    .limit_rejections
+                    .with_label_values(&[&app.id, "api_rate"])
+                    .inc();
+                let why = format!(
+                    "over {} API requests per second for this app",
+                    app.max_api_requests_per_second
+                );
+                return Err(refused(StatusCode::TOO_MANY_REQUESTS, why));
+            }
         }
         let param = |name: &str| {
             params
@@ -356,11 +381,9 @@ impl Ingest {
         // SDKs sign the path as they put it in the URL; some escape it there, some do not.
         let decoded = decode(path);
         let valid = [path, decoded.as_str()].iter().any(|p| {
-            auth::verify(
-                &app.secret,
-                &auth::api_string_to_sign(method, p, pairs()),
-                signature,
-            )
+            let signed = auth::api_string_to_sign(method, p, pairs());
+            app.secrets()
+                .any(|secret| auth::verify(secret, &signed, signature))
         });
         if !valid {
             return fail("invalid auth_signature");

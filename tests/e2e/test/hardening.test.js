@@ -1,0 +1,99 @@
+'use strict';
+// Abuse limits and secret rotation: each limit answers with the code or status a Pusher client expects,
+// is counted, and leaves every other connection working.
+const net = require('node:net');
+const h = require('./harness');
+const { assert, test } = h;
+
+async function metric(server, line) {
+  const text = await (await fetch(`${server.metricsUrl}/metrics`)).text();
+  const found = text.split('\n').find((l) => l.startsWith(line));
+  return found ? Number(found.split(' ').pop()) : 0;
+}
+
+test('secret rotation: signatures made with previous_secret and with secret are both accepted, others are not', async () => {
+  const app = { ...h.APP, secret: 'new-secret', previous_secret: 'old-secret' };
+  const server = await h.startHerald({ apps: [app] });
+  const asOld = { ...app, secret: 'old-secret' };
+  const asNew = { ...app, secret: 'new-secret' };
+  const asOther = { ...app, secret: 'other-secret' };
+  const body = { name: 'e', channel: 'orders', data: '{}' };
+  assert.equal((await h.apiRequest(server, { method: 'POST', path: '/events', body, app: asOld })).status, 200);
+  assert.equal((await h.apiRequest(server, { method: 'POST', path: '/events', body, app: asNew })).status, 200);
+  assert.equal((await h.apiRequest(server, { method: 'POST', path: '/events', body, app: asOther })).status, 401);
+  const c = await h.rawConnected(server, { key: app.key });
+  for (const [who, signer] of [['old', asOld], ['new', asNew]]) {
+    const auth = h.channelAuth(signer, c.id, `private-${who}`);
+    const res = await c.subscribe(`private-${who}`, { auth });
+    assert.equal(res.event, 'pusher_internal:subscription_succeeded', `${who} secret: ${res.raw}`);
+  }
+  const refused = await c.subscribe('private-other', { auth: h.channelAuth(asOther, c.id, 'private-other') });
+  assert.equal(refused.event, 'pusher:subscription_error', refused.raw);
+});
+
+test('max_subscriptions_per_connection: the subscription over the limit is refused (403 LimitReached), the socket keeps the others', async () => {
+  const server = await h.startHerald({ app: { max_subscriptions_per_connection: 2 } });
+  const c = await h.rawConnected(server);
+  await c.subscribeOk('one');
+  await c.subscribeOk('two');
+  const refused = await c.subscribe('three');
+  assert.equal(refused.event, 'pusher:subscription_error', refused.raw);
+  assert.equal(refused.data.status, 403);
+  assert.equal(refused.data.type, 'LimitReached');
+  assert.ok(c.isOpen);
+  // leaving one makes room again
+  c.send({ event: 'pusher:unsubscribe', data: { channel: 'one' } });
+  await c.subscribeOk('three');
+  assert.equal(await metric(server, `herald_limit_rejections_total{app="${h.APP.id}",limit="subscription"}`), 1);
+});
+
+test('max_api_requests_per_second: requests over the budget get 429 with a JSON error and deliver nothing', async () => {
+  const server = await h.startHerald({ app: { max_api_requests_per_second: 2 } });
+  const c = await h.rawConnected(server);
+  await c.subscribeOk('orders');
+  const statuses = [];
+  for (let i = 0; i < 5; i++) {
+    const res = await h.apiRequest(server, { method: 'POST', path: '/events', body: { name: 'e', channel: 'orders', data: String(i) } });
+    statuses.push(res.status);
+    if (res.status === 429) assert.match(res.json.error, /per second/);
+  }
+  assert.ok(statuses.includes(429), `some requests refused: ${statuses}`);
+  const accepted = statuses.filter((s) => s === 200).length;
+  assert.ok(accepted >= 2 && accepted < 5, `the budget admits about 2 at once: ${statuses}`);
+  await c.barrier();
+  const delivered = c.messages.filter((m) => m.event === 'e').length;
+  assert.equal(delivered, accepted, 'exactly the accepted triggers were delivered');
+  assert.equal(await metric(server, `herald_limit_rejections_total{app="${h.APP.id}",limit="api_rate"}`), 5 - accepted);
+});
+
+test('max_connections_per_ip: the connection over the limit is closed with 4100, the others keep working', async () => {
+  const server = await h.startHerald({ config: { max_connections_per_ip: 2 } });
+  const a = await h.rawConnected(server);
+  const b = await h.rawConnected(server);
+  const third = await h.rawClient(server);
+  const closed = await third.waitClose(5000, 'the third connection from one address to close');
+  assert.equal(closed.code, 4100);
+  await a.subscribeOk('orders');
+  await b.subscribeOk('orders');
+  // closing one frees a slot
+  a.close();
+  await a.waitClose();
+  await h.waitFor(async () => {
+    const c = await h.rawClient(server);
+    const first = await c.next(() => true, 5000, 'first message');
+    if (first.event === 'pusher:connection_established') return true;
+    return false;
+  }, 5000, 'a new connection once a slot is free');
+});
+
+test('header_timeout: a client that never finishes its request head is disconnected (slowloris), others are served', async () => {
+  const server = await h.startHerald({ config: { header_timeout: 1 } });
+  const slow = net.connect(server.port, '127.0.0.1');
+  await new Promise((resolve) => slow.once('connect', resolve));
+  slow.write('GET /app/app-key?protocol=7 HTTP/1.1\r\nHost: x\r\n'); // never the final empty line
+  const ended = new Promise((resolve) => slow.once('close', resolve));
+  const c = await h.rawConnected(server);
+  await c.subscribeOk('orders');
+  await h.withTimeout(ended, 5000, 'the slow client to be disconnected');
+  assert.ok(c.isOpen);
+});
