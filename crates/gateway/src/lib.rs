@@ -190,17 +190,21 @@ impl Gateway {
     pub async fn drain(&self, window: Duration) {
         const TICK: Duration = Duration::from_millis(50);
         let peers = self.hub.peers();
-        let ticks = (window.as_millis() / TICK.as_millis()).max(1) as usize;
-        let per_tick = peers.len().div_ceil(ticks).max(1);
+        if peers.is_empty() {
+            return;
+        }
+        // At most one batch per tick; batch i goes out at i/batches of the window.
+        let max_batches = (window.as_millis() / TICK.as_millis()).max(1) as usize;
+        let per_batch = peers.len().div_ceil(max_batches);
+        let batches = peers.len().div_ceil(per_batch) as u32;
         tracing::info!(
             connections = peers.len(),
             window_s = window.as_secs_f64(),
             "draining"
         );
-        for (i, batch) in peers.chunks(per_tick).enumerate() {
-            if i > 0 && !window.is_zero() {
-                tokio::time::sleep(TICK).await;
-            }
+        let start = tokio::time::Instant::now();
+        for (i, batch) in peers.chunks(per_batch).enumerate() {
+            tokio::time::sleep_until(start + window * i as u32 / batches).await;
             for peer in batch {
                 peer.close(
                     herald_protocol::codes::RECONNECT,

@@ -270,7 +270,16 @@ async fn run(
     // Metrics and health first, so an orchestrator sees "alive, not ready" while NATS comes up.
     let admin = herald_metrics::bind_admin(metrics_bind).await?;
     tokio::spawn(herald_metrics::serve_admin(admin, metrics.clone()));
-    let backbone = backbone(role, &config, &metrics, &node_id).await?;
+    // SIGTERM is honoured from here on, also while waiting for NATS.
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let backbone = tokio::select! {
+        backbone = backbone(role, &config, &metrics, &node_id) => backbone?,
+        _ = &mut shutdown => {
+            tracing::info!("stopped before startup completed");
+            return Ok(());
+        }
+    };
     metrics.register(Box::new(state_metrics::StateMetrics::new(
         backbone.state.clone(),
     )));
@@ -308,8 +317,6 @@ async fn run(
     metrics.set_ready(true);
     tracing::info!(role = ?role, node = %node_id, %bind, %metrics_bind, apps = apps.len(), "herald listening");
 
-    let shutdown = shutdown_signal();
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,

@@ -1,0 +1,205 @@
+{{/* Names ------------------------------------------------------------------------------------------------ */}}
+
+{{- define "herald.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "herald.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* "<fullname>-<role>", e.g. release-herald-gateway */}}
+{{- define "herald.roleName" -}}
+{{- printf "%s-%s" (include "herald.fullname" .root | trunc 54 | trimSuffix "-") .role }}
+{{- end }}
+
+{{- define "herald.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "herald.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "herald.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "herald.labels" -}}
+helm.sh/chart: {{ include "herald.chart" . }}
+{{ include "herald.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: herald
+{{- end }}
+
+{{/* Labels of one role: dict "root" $ "role" "gateway" */}}
+{{- define "herald.roleSelectorLabels" -}}
+{{ include "herald.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .role }}
+{{- end }}
+
+{{- define "herald.roleLabels" -}}
+{{ include "herald.labels" .root }}
+app.kubernetes.io/component: {{ .role }}
+{{- end }}
+
+{{- define "herald.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "herald.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "herald.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
+{{- end }}
+
+{{/* The chart's Secret (app secret, config.toml with source=config, inline NATS credentials). */}}
+{{- define "herald.secretName" -}}
+{{- include "herald.fullname" . }}
+{{- end }}
+
+{{/* Configuration ----------------------------------------------------------------------------------------- */}}
+
+{{/* Is config.toml stored in a Secret (source=config) rather than a ConfigMap? */}}
+{{- define "herald.configInSecret" -}}
+{{- if eq .Values.apps.source "config" }}true{{ end }}
+{{- end }}
+
+{{/* The volume source of config.toml. */}}
+{{- define "herald.configVolume" -}}
+{{- if eq .Values.apps.source "config" }}
+secret:
+  secretName: {{ default (include "herald.secretName" .) .Values.apps.existingSecret }}
+  items:
+    - key: {{ if .Values.apps.existingSecret }}{{ default "config.toml" .Values.apps.existingSecretKey }}{{ else }}config.toml{{ end }}
+      path: config.toml
+{{- else }}
+configMap:
+  name: {{ include "herald.fullname" . }}
+  items:
+    - key: config.toml
+      path: config.toml
+{{- end }}
+{{- end }}
+
+{{/* A TOML value: strings, numbers and booleans (JSON string escapes are valid TOML basic-string escapes). */}}
+{{- define "herald.tomlValue" -}}
+{{- if kindIs "string" . }}{{ toJson . }}
+{{- else if kindIs "bool" . }}{{ ternary "true" "false" . }}
+{{- else if or (kindIs "float64" .) (kindIs "float32" .) }}{{ int64 . }}
+{{- else }}{{ toJson . }}
+{{- end }}
+{{- end }}
+
+{{/* KV bucket replicas: the value, or 3 with the NATS dependency clustered, else 1. */}}
+{{- define "herald.kvReplicas" -}}
+{{- if not (kindIs "invalid" .Values.natsClient.kvReplicas) }}
+{{- .Values.natsClient.kvReplicas | int64 }}
+{{- else if and .Values.nats.enabled (dig "config" "cluster" "enabled" false .Values.nats) }}
+{{- min 3 (dig "config" "cluster" "replicas" 3 .Values.nats | int64) }}
+{{- else }}1{{ end }}
+{{- end }}
+
+{{/* config.toml. With withApps, the [[apps]] tables (secrets included) are appended. */}}
+{{- define "herald.configToml" -}}
+{{- $root := .root -}}
+# Rendered by the Herald Helm chart. bind, metrics_bind, the NATS servers, the node id and the drain window come
+# from HERALD_* variables (see the Deployments).
+{{- range $k, $v := $root.Values.config }}
+{{ $k }} = {{ include "herald.tomlValue" $v }}
+{{- end }}
+
+[nats]
+subject_prefix = {{ $root.Values.natsClient.subjectPrefix | toJson }}
+state_bucket = {{ $root.Values.natsClient.stateBucket | toJson }}
+cache_bucket = {{ $root.Values.natsClient.cacheBucket | toJson }}
+kv_replicas = {{ include "herald.kvReplicas" $root }}
+node_ttl = {{ $root.Values.natsClient.nodeTtl | int64 }}
+tls_required = {{ and $root.Values.natsClient.tls.enabled $root.Values.natsClient.tls.required | ternary "true" "false" }}
+{{- if .withApps }}
+{{- range $i, $app := $root.Values.apps.list }}
+
+[[apps]]
+{{- if not $app.secret }}
+{{- fail (printf "apps.list[%d].secret is empty: with apps.source=config every app needs its secret (or put the whole config.toml in apps.existingSecret)" $i) }}
+{{- end }}
+{{- range $k, $v := $app }}
+{{ $k }} = {{ if has $k (list "id" "key" "secret") }}{{ $v | toString | toJson }}{{ else }}{{ include "herald.tomlValue" $v }}{{ end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* NATS ---------------------------------------------------------------------------------------------------- */}}
+
+{{/* Service name of the NATS dependency (the nats chart's fullname). */}}
+{{- define "herald.natsDependencyHost" -}}
+{{- $sub := .Values.nats }}
+{{- if $sub.fullnameOverride }}
+{{- $sub.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default "nats" $sub.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* HERALD_NATS: comma-separated server URLs. */}}
+{{- define "herald.natsServers" -}}
+{{- if .Values.nats.enabled }}
+{{- printf "%s://%s:4222" (ternary "tls" "nats" .Values.natsClient.tls.enabled) (include "herald.natsDependencyHost" .) }}
+{{- else }}
+{{- if not .Values.natsClient.servers }}
+{{- fail "natsClient.servers is empty: give the NATS server URLs, or set nats.enabled=true for the NATS dependency" }}
+{{- end }}
+{{- join "," .Values.natsClient.servers }}
+{{- end }}
+{{- end }}
+
+{{- define "herald.natsInlineAuth" -}}
+{{- $a := .Values.natsClient.auth }}
+{{- if and (not $a.existingSecret) (or $a.user $a.password $a.token $a.nkeySeed) }}true{{ end }}
+{{- end }}
+
+{{/* Shutdown timing ------------------------------------------------------------------------------------------ */}}
+
+{{/* Seconds a gateway needs after Kubernetes starts terminating it: preStop + drain + shutdown_timeout. */}}
+{{- define "herald.gatewayShutdownSeconds" -}}
+{{- add (.Values.gateway.preStopSleepSeconds | int64) (.Values.gateway.drainWindow | int64) (.Values.config.shutdown_timeout | default 5 | int64) }}
+{{- end }}
+
+{{- define "herald.terminationGracePeriod" -}}
+{{- $root := .root }}
+{{- $needed := 0 }}
+{{- if eq .role "gateway" }}
+{{- $needed = include "herald.gatewayShutdownSeconds" $root | int64 }}
+{{- else }}
+{{- $needed = $root.Values.ingest.preStopSleepSeconds | int64 }}
+{{- end }}
+{{- $set := .values.terminationGracePeriodSeconds }}
+{{- if kindIs "invalid" $set }}
+{{- add $needed 15 }}
+{{- else if le ($set | int64) $needed }}
+{{- $parts := ternary "gateway.preStopSleepSeconds + gateway.drainWindow + config.shutdown_timeout" "ingest.preStopSleepSeconds" (eq .role "gateway") }}
+{{- fail (printf "%s.terminationGracePeriodSeconds (%d) must be larger than %d s (%s): Kubernetes would kill the pod before it has drained" .role ($set | int64) $needed $parts) }}
+{{- else }}
+{{- $set | int64 }}
+{{- end }}
+{{- end }}
+
+{{/* Checksum of everything the pods read at start, so a change rolls them. */}}
+{{- define "herald.configChecksum" -}}
+{{- list .Values.config .Values.apps .Values.natsClient .Values.nats.enabled | toJson | sha256sum }}
+{{- end }}

@@ -1,0 +1,87 @@
+"""values.schema.json: the chart's values pass, bad values are refused by install/upgrade/template and lint."""
+
+from __future__ import annotations
+
+import json
+
+import helm_python as helm
+import pytest
+
+from conftest import CHART, SCENARIOS, render, scenario_values
+
+# (values, a fragment of Helm's message naming the problem)
+BAD_VALUES = [
+    pytest.param({"gateway": {"drainWindow": "30s"}}, "/gateway/drainWindow", id="drain-window-not-an-integer"),
+    pytest.param({"gateway": {"drainWindow": -1}}, "/gateway/drainWindow", id="negative-drain-window"),
+    pytest.param({"config": {"activity_timeout": 0}}, "/config/activity_timeout", id="activity-timeout-zero"),
+    pytest.param({"config": {"activty_timeout": 60}}, "activty_timeout", id="typo-in-a-config-key"),
+    pytest.param({"confg": {}}, "confg", id="typo-at-the-top-level"),
+    pytest.param({"apps": {"source": "file"}}, "/apps/source", id="unknown-app-source"),
+    pytest.param({"apps": {"list": [{"id": "a", "key": "k"}, {"id": "b", "key": "l"}]}}, "/apps/list", id="two-apps-from-env"),
+    pytest.param({"apps": {"list": [{"id": "a", "key": "k", "client_event": True}]}}, "client_event", id="typo-in-an-app-key"),
+    pytest.param({"apps": {"list": []}}, "/apps/list", id="no-app"),
+    pytest.param({"natsClient": {"servers": ["nats.example.com:4222"]}}, "/natsClient/servers/0", id="nats-url-without-scheme"),
+    pytest.param({"natsClient": {"kvReplicas": 7}}, "/natsClient/kvReplicas", id="kv-replicas-over-5"),
+    pytest.param({"natsClient": {"tls": {"certKey": "tls.crt"}}}, "/natsClient/tls/keyKey", id="client-cert-without-key"),
+    pytest.param({"gateway": {"pdb": {"minAvailable": "half"}}}, "/gateway/pdb/minAvailable", id="pdb-min-available-not-a-number-or-percentage"),
+    pytest.param({"gateway": {"autoscaling": {"targetCPUUtilizationPercentage": 150}}}, "targetCPUUtilizationPercentage", id="cpu-target-over-100"),
+    pytest.param({"logFormat": "yaml"}, "/logFormat", id="unknown-log-format"),
+    pytest.param({"ingress": {"host": "https://ws.example.com"}}, "/ingress/host", id="ingress-host-with-scheme"),
+    pytest.param({"metrics": {"serviceMonitor": {"interval": "30"}}}, "/metrics/serviceMonitor/interval", id="interval-without-unit"),
+]
+
+
+@pytest.mark.parametrize(("values", "where"), BAD_VALUES)
+def test_an_invalid_value_is_rejected(chart, values, where):
+    with pytest.raises(helm.HelmValuesError) as rendering:
+        render(chart, values)
+    assert where in str(rendering.value), str(rendering.value)
+    with pytest.raises(helm.HelmValuesError):
+        chart.validate_schema(values)
+    report = helm.lint(CHART, values)
+    assert any(where in e for e in report["errors"]), report["errors"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_scenario_passes_the_schema(chart, scenario):
+    chart.validate_schema(scenario_values(scenario))
+
+
+def test_the_schema_is_strict_draft_07(chart):
+    schema = chart.schema
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert schema["additionalProperties"] is False
+    # every key of values.yaml is described by the schema, so the strict schema does not refuse the defaults
+    def walk(values, node, path):
+        if not isinstance(values, dict) or node.get("type") != "object" or "properties" not in node:
+            return
+        for key, value in values.items():
+            if node.get("additionalProperties") is False:
+                assert key in node["properties"], f"{path}.{key} is in values.yaml but not in values.schema.json"
+            if key in node["properties"]:
+                walk(value, node["properties"][key], f"{path}.{key}")
+
+    walk(chart.values, schema, "")
+
+
+def test_template_checks_beyond_the_schema(chart):
+    """Combinations the schema cannot express fail rendering with a message naming the value."""
+    cases = [
+        ({"apps": {"list": [{"id": "a", "key": "k", "secret": "s", "client_events": True}]}}, "apps.list[0].client_events"),
+        ({"apps": {"source": "config", "list": [{"id": "a", "key": "k"}]}}, "apps.list[0].secret is empty"),
+        ({"natsClient": {"servers": []}}, "natsClient.servers is empty"),
+        ({"natsClient": {"tls": {"enabled": True}}}, "natsClient.tls.secretName is required"),
+        ({"ingress": {"enabled": True, "tls": {"enabled": True}}}, "ingress.tls.secretName is required"),
+        ({"gateway": {"autoscaling": {"minReplicas": 5, "maxReplicas": 3}}}, "minReplicas (5) is larger than maxReplicas (3)"),
+        ({"natsClient": {"auth": {"user": "herald"}}}, "user and natsClient.auth.password go together"),
+    ]
+    for values, message in cases:
+        with pytest.raises(helm.HelmRenderError) as e:
+            render(chart, values)
+        assert message in str(e.value), (values, str(e.value))
+
+
+def test_schema_file_is_valid_json():
+    from conftest import CHART as chart_dir
+
+    json.loads((chart_dir / "values.schema.json").read_text())
