@@ -400,6 +400,12 @@ impl Config {
                     return Err(invalid(key(field), "must not be empty"));
                 }
             }
+            if app.previous_secret.as_deref().is_some_and(str::is_empty) {
+                return Err(invalid(
+                    key("previous_secret"),
+                    "must not be empty (leave it out instead)",
+                ));
+            }
             if !ids.insert(&app.id) {
                 return Err(invalid(key("id"), "is used by another app"));
             }
@@ -456,6 +462,10 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("apps[0].max_presence_members"), "{err}");
+        let err = Config::from_toml("[[apps]]\nid='1'\nkey='k'\nsecret='s'\nprevious_secret=''\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("apps[0].previous_secret"), "{err}");
         let err = Config::from_toml("[[apps]]\nid='1'\nkey='k'\nsecret='s'\nclient_event=true\n")
             .unwrap_err()
             .to_string();

@@ -114,8 +114,10 @@ pub async fn run(
 async fn serve_upgraded(gateway: Arc<Gateway>, upgraded: Upgraded, admission: Admission) {
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
+            // Copy what the HTTP layer read ahead, so its buffer is not kept alive.
+            let leftover = parts.read_buf.to_vec();
             let (read_half, write_half) = parts.io.into_inner().into_split();
-            serve(gateway, read_half, write_half, &parts.read_buf, admission).await
+            serve(gateway, read_half, write_half, &leftover, admission).await
         }
         Err(upgraded) => {
             let (read_half, write_half) = tokio::io::split(TokioIo::new(upgraded));
