@@ -13,9 +13,9 @@ use async_nats::connection::State;
 use async_nats::{Client, ConnectOptions};
 use futures::future::BoxFuture;
 use futures::StreamExt;
+use herald_config::NatsConfig;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -27,32 +27,17 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// live before it is acknowledged anyway (NATS down: it will go live on reconnect).
 const INTEREST_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// How to reach NATS: servers, credentials, TLS.
-#[derive(Debug, Clone, Default)]
-pub struct NatsSettings {
-    pub servers: Vec<String>,
-    pub user: Option<String>,
-    pub password: Option<String>,
-    pub token: Option<String>,
-    pub nkey_seed: Option<String>,
-    pub credentials_file: Option<PathBuf>,
-    pub tls_ca: Option<PathBuf>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub tls_required: bool,
-    /// Client name shown by the NATS server (`herald-gateway-<node>`).
-    pub name: String,
-}
-
 /// Connects, retrying in the background if NATS is not up yet.
 /// `on_state(true)` runs on every (re)connect, `on_state(false)` on every loss.
+/// `name` is the client name the NATS server shows (`herald-gateway-<node>`).
 pub async fn connect(
-    settings: &NatsSettings,
+    settings: &NatsConfig,
+    name: &str,
     on_state: impl Fn(bool) + Send + Sync + 'static,
 ) -> Result<Client, BusError> {
     let unavailable = |e: &dyn std::fmt::Display| BusError::Unavailable(e.to_string());
     let mut options = ConnectOptions::new()
-        .name(&settings.name)
+        .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))

@@ -220,6 +220,25 @@ async fn refuse<W: AsyncWrite + Unpin>(gateway: &Gateway, write_half: &mut W, re
     .await;
 }
 
+/// True if a timed write succeeded; otherwise closes the peer for the
+/// reason (a failed socket, or a write that stalled: a slow consumer).
+fn written_or_closed(
+    outcome: Result<std::io::Result<()>, tokio::time::error::Elapsed>,
+    peer: &Peer,
+) -> bool {
+    match outcome {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => {
+            peer.close(codes::WS_NORMAL, "", "write_error");
+            false
+        }
+        Err(_) => {
+            peer.close_slow_consumer("socket write stalled");
+            false
+        }
+    }
+}
+
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut io: W,
     mut inbox: mpsc::Receiver<Bytes>,
@@ -263,18 +282,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     }
                     written
                 };
-                match outcome {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => {
-                        healthy = false;
-                        peer.close(codes::WS_NORMAL, "", "write_error");
-                        break;
-                    }
-                    Err(_) => {
-                        healthy = false;
-                        peer.close_slow_consumer("socket write stalled");
-                        break;
-                    }
+                if !written_or_closed(outcome, &peer) {
+                    healthy = false;
+                    break;
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
@@ -283,19 +293,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                         // Count frames before writing: a pong may arrive during the write.
                         let frames = activity.frames();
                         let ping = frame::text(&message::ping());
-                        match timeout(settings.write_timeout, io.write_all(&ping)).await {
-                            Ok(Ok(())) => ping_sent = Some((Instant::now(), frames)),
-                            Ok(Err(_)) => {
-                                healthy = false;
-                                peer.close(codes::WS_NORMAL, "", "write_error");
-                                break;
-                            }
-                            Err(_) => {
-                                healthy = false;
-                                peer.close_slow_consumer("socket write stalled");
-                                break;
-                            }
+                        let outcome = timeout(settings.write_timeout, io.write_all(&ping)).await;
+                        if !written_or_closed(outcome, &peer) {
+                            healthy = false;
+                            break;
                         }
+                        ping_sent = Some((Instant::now(), frames));
                     }
                     None => {}
                     Some((_, frames)) if activity.frames() == frames => {

@@ -16,7 +16,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
-use herald_bus::nats::{NatsBus, NatsSettings};
+use herald_bus::nats::NatsBus;
 use herald_bus::{Bus, LocalBus};
 use herald_config::{AppSource, Config};
 use herald_gateway::{Gateway, Settings};
@@ -197,22 +197,10 @@ async fn backbone(
         });
     }
     let n = &config.nats;
-    let settings = NatsSettings {
-        servers: n.servers.clone(),
-        user: n.user.clone(),
-        password: n.password.clone(),
-        token: n.token.clone(),
-        nkey_seed: n.nkey_seed.clone(),
-        credentials_file: n.credentials_file.clone(),
-        tls_ca: n.tls_ca.clone(),
-        tls_cert: n.tls_cert.clone(),
-        tls_key: n.tls_key.clone(),
-        tls_required: n.tls_required,
-        name: format!("herald-{}-{node_id}", format!("{role:?}").to_lowercase()),
-    };
+    let name = format!("herald-{}-{node_id}", format!("{role:?}").to_lowercase());
     let watcher = metrics.clone();
     let client =
-        herald_bus::nats::connect(&settings, move |up| watcher.set_bus_connected(up)).await?;
+        herald_bus::nats::connect(n, &name, move |up| watcher.set_bus_connected(up)).await?;
     let kv = KvSettings {
         state_bucket: n.state_bucket.clone(),
         cache_bucket: n.cache_bucket.clone(),

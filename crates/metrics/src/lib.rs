@@ -80,6 +80,22 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
     g
 }
 
+fn plain_counter(registry: &Registry, name: &str, help: &str) -> prometheus::IntCounter {
+    let c = prometheus::IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn plain_gauge(registry: &Registry, name: &str, help: &str) -> prometheus::IntGauge {
+    let g = prometheus::IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
+    g
+}
+
 fn histogram(
     registry: &Registry,
     name: &str,
@@ -205,33 +221,21 @@ impl Metrics {
                 "Bus publishes that failed.",
                 &["app"],
             ),
-            bus_connected: {
-                let g = prometheus::IntGauge::new(
-                    "herald_bus_connected",
-                    "1 while the bus (NATS) is connected.",
-                )
-                .expect("valid metric");
-                r.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
-            bus_connects: {
-                let c = prometheus::IntCounter::new(
-                    "herald_bus_connects_total",
-                    "Bus (NATS) connections established, including reconnects.",
-                )
-                .expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
-            kv_write_failures: {
-                let c = prometheus::IntCounter::new(
-                    "herald_kv_write_failures_total",
-                    "Cluster state (JetStream KV) writes that failed.",
-                )
-                .expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            bus_connected: plain_gauge(
+                &r,
+                "herald_bus_connected",
+                "1 while the bus (NATS) is connected.",
+            ),
+            bus_connects: plain_counter(
+                &r,
+                "herald_bus_connects_total",
+                "Bus (NATS) connections established, including reconnects.",
+            ),
+            kv_write_failures: plain_counter(
+                &r,
+                "herald_kv_write_failures_total",
+                "Cluster state (JetStream KV) writes that failed.",
+            ),
             kv_apply_seconds: {
                 let opts = HistogramOpts::new(
                     "herald_kv_apply_seconds",
@@ -244,24 +248,16 @@ impl Metrics {
                 r.register(Box::new(h.clone())).expect("unique metric");
                 h
             },
-            kv_healthy: {
-                let g = prometheus::IntGauge::new(
-                    "herald_kv_healthy",
-                    "1 while this node's heartbeats reach the cluster state (JetStream KV).",
-                )
-                .expect("valid metric");
-                r.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
-            nodes_removed: {
-                let c = prometheus::IntCounter::new(
-                    "herald_nodes_removed_total",
-                    "Gateways found dead whose presence entries were removed.",
-                )
-                .expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            kv_healthy: plain_gauge(
+                &r,
+                "herald_kv_healthy",
+                "1 while this node's heartbeats reach the cluster state (JetStream KV).",
+            ),
+            nodes_removed: plain_counter(
+                &r,
+                "herald_nodes_removed_total",
+                "Gateways found dead whose presence entries were removed.",
+            ),
             delivery_latency: histogram(
                 &r,
                 "herald_delivery_latency_seconds",
