@@ -308,6 +308,8 @@ struct Inner {
     liveness: Liveness,
     /// Rewrite every local entry (they were removed while this node lived).
     reassert: Notify,
+    /// A re-assert is running (at most one at a time).
+    reasserting: std::sync::atomic::AtomicBool,
     /// Whether this node's last heartbeat was accepted by NATS.
     beating: std::sync::atomic::AtomicBool,
     /// Dead nodes whose keys are still to be deleted, and when they died.
@@ -565,12 +567,25 @@ impl Inner {
                     continue;
                 }
             }
-            if reassert {
-                self.reopen_buckets().await;
-                match self.reassert_all().await {
-                    Ok(()) => reassert = false,
-                    Err(e) => tracing::warn!(error = %e, "re-assert failed; retrying next beat"),
-                }
+            // Re-asserting may wait on slow writes; it runs beside the beat so
+            // that heartbeats never lapse because of it.
+            if reassert
+                && !self
+                    .reasserting
+                    .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                reassert = false;
+                let inner = self.clone();
+                tokio::spawn(async move {
+                    inner.reopen_buckets().await;
+                    if let Err(e) = inner.reassert_all().await {
+                        tracing::warn!(error = %e, "re-assert failed; retrying next beat");
+                        inner.reassert.notify_one();
+                    }
+                    inner
+                        .reasserting
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
+                });
             }
             if !self.liveness.watch_healthy(&self.shared.node) {
                 continue;
@@ -623,7 +638,11 @@ fn spawn_watcher(inner: Arc<Inner>, cache: bool, applied: watch::Sender<u64>) {
             };
             if watched.as_ref().is_some_and(|w| w.created != info.created) {
                 tracing::warn!(bucket = %store.name, "KV bucket was re-created; reading it from the start");
-                inner.applied_keys.lock().clear();
+                // Only this bucket's keys: the other watcher's waits stay valid.
+                inner
+                    .applied_keys
+                    .lock()
+                    .retain(|key, _| key.starts_with("c.") != cache);
                 applied.send_replace(0);
                 inner.reassert.notify_one();
             }
@@ -727,6 +746,7 @@ impl KvStore {
             applied_keys: Mutex::default(),
             cleanups: Mutex::default(),
             beating: std::sync::atomic::AtomicBool::new(false),
+            reasserting: std::sync::atomic::AtomicBool::new(false),
             client: client_for_state,
             liveness: Liveness::new(settings.node_ttl),
             reassert: Notify::new(),
