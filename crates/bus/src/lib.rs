@@ -174,6 +174,14 @@ mod tests {
         assert!(BusMessage::decode(b"\xc1garbage").is_err());
     }
 
+    proptest::proptest! {
+        /// Garbage on a bus subject is refused, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = BusMessage::decode(&bytes);
+        }
+    }
+
     #[derive(Default)]
     struct Recorder(Mutex<Vec<BusMessage>>);
     impl Sink for Recorder {

@@ -273,6 +273,23 @@ mod tests {
         assert_eq!(trigger(&long).unwrap_err().status(), 400);
     }
 
+    proptest::proptest! {
+        /// Any JSON body either validates into publications within the limits or
+        /// is refused with 400/413; it never panics.
+        #[test]
+        fn arbitrary_trigger_bodies_never_panic(
+            name in ".{0,8}", data in ".{0,16}", channels in proptest::collection::vec(".{0,6}", 0..4), socket in ".{0,6}"
+        ) {
+            let body = serde_json::json!({ "name": name, "data": data, "channels": channels, "socket_id": socket });
+            if let Ok(req) = serde_json::from_value::<TriggerRequest>(body) {
+                match validate_trigger(&req, &LIMITS) {
+                    Ok((pubs, _)) => proptest::prop_assert!(!pubs.is_empty() && pubs.len() <= LIMITS.max_channels_per_event),
+                    Err(e) => proptest::prop_assert!(e.status() == 400 || e.status() == 413),
+                }
+            }
+        }
+    }
+
     #[test]
     fn batch_limits() {
         let req: BatchRequest = serde_json::from_str(

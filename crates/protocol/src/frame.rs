@@ -279,6 +279,19 @@ mod tests {
         assert!(parse_client_header(&at_limit, 1024).unwrap().is_some());
     }
 
+    proptest::proptest! {
+        /// Arbitrary bytes never panic the parser, and whatever it accepts
+        /// obeys the rules it enforces.
+        #[test]
+        fn arbitrary_bytes_are_parsed_or_refused(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..80), max in 0usize..200) {
+            if let Ok(Some(h)) = parse_client_header(&bytes, max) {
+                proptest::prop_assert!(h.payload_len <= max);
+                proptest::prop_assert!(h.header_len <= bytes.len());
+                proptest::prop_assert!(!h.is_control() || (h.fin && h.payload_len <= 125));
+            }
+        }
+    }
+
     #[test]
     fn close_frames_fit_a_control_frame() {
         let f = close(4200, &"é".repeat(100));
