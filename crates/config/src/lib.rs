@@ -20,6 +20,13 @@ pub struct Config {
     pub bind: Option<SocketAddr>,
     /// Address of /metrics, /healthz, /readyz (default 0.0.0.0:9601).
     pub metrics_bind: Option<SocketAddr>,
+    /// Optional second listener serving the same routes over TLS (wss/https);
+    /// needs `tls_cert` and `tls_key`. The plain listener stays available
+    /// for use behind a terminating proxy.
+    pub tls_bind: Option<SocketAddr>,
+    /// PEM certificate chain and private key; re-read when the files change.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// Seconds of client silence before the server sends `pusher:ping`; also
     /// announced to clients in `pusher:connection_established`.
     pub activity_timeout: u64,
@@ -131,6 +138,9 @@ impl Default for Config {
         Self {
             bind: None,
             metrics_bind: None,
+            tls_bind: None,
+            tls_cert: None,
+            tls_key: None,
             activity_timeout: 120,
             pong_timeout: 30,
             max_message_bytes: 64 * 1024,
@@ -370,6 +380,12 @@ impl Config {
             if value == 0 {
                 return Err(invalid(key.into(), "must be greater than 0"));
             }
+        }
+        if self.tls_bind.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return Err(invalid(
+                "tls_cert".into(),
+                "and tls_key are required with tls_bind",
+            ));
         }
         if self.nats.kv_replicas == 0 || self.nats.kv_replicas > 5 {
             return Err(invalid(

@@ -6,6 +6,7 @@
 //! carries events, JetStream KV carries presence and occupancy.
 
 mod state_metrics;
+mod tls;
 
 /// jemalloc returns the memory of short-lived handshake buffers instead of
 /// keeping it fragmented between long-lived per-connection objects (measured
@@ -308,6 +309,46 @@ async fn run(
     let listener = TcpListener::bind(bind)
         .await
         .with_context(|| format!("cannot bind {bind}"))?;
+    let header_timeout = Duration::from_secs(config.header_timeout);
+    let tls_listener = match (config.tls_bind, &config.tls_cert, &config.tls_key) {
+        (Some(tls_bind), Some(cert), Some(key)) => {
+            let tls = tls::Tls::new(cert, key)?;
+            tokio::spawn(tls.clone().watch());
+            let tls_listener = TcpListener::bind(tls_bind)
+                .await
+                .with_context(|| format!("cannot bind {tls_bind}"))?;
+            tracing::info!(%tls_bind, "TLS listener (wss/https)");
+            let (gateway, ingest) = (gateway.clone(), ingest.clone());
+            Some(tokio::spawn(async move {
+                loop {
+                    let Ok((stream, remote)) = tls_listener.accept().await else {
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let (acceptor, gateway, ingest) =
+                        (tls.acceptor(), gateway.clone(), ingest.clone());
+                    tokio::spawn(async move {
+                        // The TLS handshake gets the same deadline as a request head.
+                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls_stream)) => {
+                                serve_connection(
+                                    tls_stream,
+                                    remote.ip(),
+                                    header_timeout,
+                                    gateway,
+                                    ingest,
+                                )
+                                .await
+                            }
+                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                        }
+                    });
+                }
+            }))
+        }
+        _ => None,
+    };
     metrics.set_ready(true);
     tracing::info!(role = ?role, node = %node_id, %bind, %metrics_bind, apps = apps.len(), "herald listening");
 
@@ -323,7 +364,6 @@ async fn run(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let header_timeout = Duration::from_secs(config.header_timeout);
                 tokio::spawn(serve_connection(stream, remote.ip(), header_timeout, gateway.clone(), ingest.clone()));
             }
         }
@@ -331,6 +371,9 @@ async fn run(
 
     metrics.set_ready(false);
     drop(listener);
+    if let Some(tls_accept) = tls_listener {
+        tls_accept.abort();
+    }
     if let Some(gateway) = &gateway {
         let default_window = if role == Role::Gateway { 30 } else { 0 };
         let window = Duration::from_secs(
@@ -356,13 +399,15 @@ async fn run(
     Ok(())
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
+async fn serve_connection<S>(
+    stream: S,
     remote: std::net::IpAddr,
     header_timeout: Duration,
     gateway: Option<Arc<Gateway>>,
     ingest: Option<Arc<Ingest>>,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = service_fn(move |req: Request<Incoming>| {
         let gateway = gateway.clone();
         let ingest = ingest.clone();
