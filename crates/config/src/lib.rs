@@ -200,6 +200,11 @@ pub struct AppConfig {
     /// HTTP API requests per second for the app (0 = unlimited); over it: 429.
     #[serde(default)]
     pub max_api_requests_per_second: u32,
+    /// Browser origins allowed to connect (`https://shop.example`, or
+    /// `*.example.com` for any subdomain); empty allows every origin.
+    /// A refused handshake gets 4009.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 fn default_max_subscriptions() -> usize {
@@ -249,7 +254,26 @@ impl AppConfig {
             max_client_events_per_second: default_client_rate(),
             max_subscriptions_per_connection: default_max_subscriptions(),
             max_api_requests_per_second: 0,
+            allowed_origins: Vec::new(),
         }
+    }
+
+    /// Whether a WebSocket handshake with this `Origin` header may connect.
+    /// Without an allow-list every origin (and none) is allowed; with one,
+    /// the origin must match an entry exactly, or a `*.domain` entry by
+    /// suffix (`https://a.shop.example` matches `*.shop.example`).
+    pub fn allows_origin(&self, origin: Option<&str>) -> bool {
+        if self.allowed_origins.is_empty() {
+            return true;
+        }
+        let Some(origin) = origin else { return false };
+        let host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        self.allowed_origins
+            .iter()
+            .any(|allowed| match allowed.strip_prefix("*.") {
+                Some(domain) => host.ends_with(&format!(".{domain}")),
+                None => allowed == origin,
+            })
     }
 
     /// The secrets a signature may be made with: the current one first.
@@ -508,6 +532,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("nats.password"), "{err}");
+    }
+
+    #[test]
+    fn origin_allow_list() {
+        let mut app = AppConfig::new("1", "k", "s");
+        assert!(app.allows_origin(None) && app.allows_origin(Some("https://any")));
+        app.allowed_origins = vec!["https://shop.example".into(), "*.admin.example".into()];
+        assert!(app.allows_origin(Some("https://shop.example")));
+        assert!(app.allows_origin(Some("https://eu.admin.example")));
+        assert!(!app.allows_origin(Some("https://admin.example")));
+        assert!(!app.allows_origin(Some("https://shop.example.evil")));
+        assert!(!app.allows_origin(Some("http://evil-admin.example")));
+        assert!(!app.allows_origin(None));
     }
 
     #[test]

@@ -130,7 +130,12 @@ impl Gateway {
             Ok(pair) => pair,
             Err(e) => return plain(StatusCode::BAD_REQUEST, &format!("{e}\n")),
         };
-        let admission = self.admit(&key, &query);
+        let origin = req
+            .headers()
+            .get(hyper::header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .map(str::to_owned);
+        let admission = self.admit(&key, &query, origin.as_deref());
         let gateway = self.clone();
         tokio::spawn(async move {
             match upgrade.await {
@@ -145,7 +150,12 @@ impl Gateway {
     }
 
     /// Checks the app key and protocol version of a handshake.
-    fn admit(&self, key: &str, query: &str) -> Result<Arc<AppConfig>, connection::Refusal> {
+    fn admit(
+        &self,
+        key: &str,
+        query: &str,
+        origin: Option<&str>,
+    ) -> Result<Arc<AppConfig>, connection::Refusal> {
         use connection::Refusal;
         use herald_protocol::codes;
         let app = self.apps_by_key.get(key).ok_or_else(|| {
@@ -160,6 +170,13 @@ impl Gateway {
             |code, message: &str, label| Err(Refusal::new(code, message.into(), &app.id, label));
         if !app.enabled {
             return refuse(codes::APP_DISABLED, "Application disabled", "app_disabled");
+        }
+        if !app.allows_origin(origin) {
+            let why = format!(
+                "Origin {} is not allowed for this app",
+                origin.unwrap_or("(none)")
+            );
+            return refuse(codes::UNAUTHORIZED, &why, "origin_not_allowed");
         }
         let protocol = url::form_urlencoded::parse(query.as_bytes())
             .find(|(k, _)| k == "protocol")

@@ -26,6 +26,8 @@ use tokio::io::AsyncRead;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// Most frames one fragmented message may arrive in (close 1008 beyond).
+const MAX_FRAGMENTS: usize = 256;
 /// Most users one sign-in may watch (Pusher's limit).
 const MAX_WATCHLIST: usize = 100;
 /// Longest user id accepted in `channel_data` or `user_data` (Pusher's limit).
@@ -42,6 +44,7 @@ struct Fragmented {
     binary: bool,
     data: Vec<u8>,
     len: usize,
+    frames: usize,
 }
 
 struct User {
@@ -233,6 +236,7 @@ impl Session {
                     binary,
                     data,
                     len: payload.len(),
+                    frames: 1,
                 });
                 true
             }
@@ -246,6 +250,16 @@ impl Session {
                     return false;
                 };
                 message.len += payload.len();
+                message.frames += 1;
+                if message.frames > MAX_FRAGMENTS {
+                    self.count_limit("fragments");
+                    self.close(
+                        codes::WS_POLICY_VIOLATION,
+                        "message in too many fragments",
+                        "too_many_fragments",
+                    );
+                    return false;
+                }
                 if message.len > self.gateway.settings.max_message_bytes {
                     self.count_limit("message_too_big");
                     self.close(

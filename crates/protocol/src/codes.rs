@@ -25,4 +25,5 @@ pub const WATCHLIST_TOO_LONG: u16 = 4302;
 pub const WS_NORMAL: u16 = 1000;
 pub const WS_PROTOCOL_ERROR: u16 = 1002;
 pub const WS_INVALID_PAYLOAD: u16 = 1007;
+pub const WS_POLICY_VIOLATION: u16 = 1008;
 pub const WS_MESSAGE_TOO_BIG: u16 = 1009;

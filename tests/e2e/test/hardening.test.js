@@ -97,3 +97,33 @@ test('header_timeout: a client that never finishes its request head is disconnec
   await h.withTimeout(ended, 5000, 'the slow client to be disconnected');
   assert.ok(c.isOpen);
 });
+
+test('allowed_origins: a handshake from another origin is refused with 4009; listed and wildcard origins connect', async () => {
+  const server = await h.startHerald({ app: { allowed_origins: ['https://shop.example', '*.admin.example'] } });
+  const from = async (origin) => {
+    const c = await h.rawClient(server, { wsOptions: origin ? { origin } : {} });
+    return c.next(() => true, 5000, `first message for ${origin}`);
+  };
+  assert.equal((await from('https://shop.example')).event, 'pusher:connection_established');
+  assert.equal((await from('https://eu.admin.example')).event, 'pusher:connection_established');
+  for (const origin of ['https://evil.example', undefined]) {
+    const c = await h.rawClient(server, { wsOptions: origin ? { origin } : {} });
+    const closed = await c.waitClose(5000, `refusal of ${origin}`);
+    assert.equal(closed.code, 4009, `origin ${origin}`);
+  }
+  assert.equal(await metric(server, `herald_connections_refused_total{app="${h.APP.id}",reason="origin_not_allowed"}`), 2);
+});
+
+test('a message in more than 256 fragments is refused with close 1008; other sockets keep working', async () => {
+  const server = await h.startHerald();
+  const other = await h.rawConnected(server);
+  await other.subscribeOk('orders');
+  const c = await h.rawConnected(server);
+  const ws = c.ws;
+  const text = JSON.stringify({ event: 'pusher:ping', data: {} }).padEnd(300, ' ');
+  for (let i = 0; i < 300; i++) ws.send(text[i], { fin: i === 299 });
+  const closed = await c.waitClose(5000, 'close for too many fragments');
+  assert.equal(closed.code, 1008);
+  await other.barrier();
+  assert.ok(other.isOpen);
+});
