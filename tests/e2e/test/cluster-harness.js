@@ -656,7 +656,82 @@ async function triggerWhenAccepted(sdk, channel, event, data, params, timeoutMs 
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// A TCP load balancer for the tests: each new client goes to the first backend, in round-robin order, that accepts a TCP
+// connection; a backend that refuses (a draining gateway has closed its listener) is skipped.
+
+async function startBalancer(initialBackends) {
+  let backends = [...initialBackends];
+  let next = 0;
+  const open = new Set();
+  const stats = { accepted: 0, routed: new Map(), refused: new Map(), dropped: 0 };
+  const bump = (map, key) => map.set(key, (map.get(key) || 0) + 1);
+
+  const server = net.createServer((client) => {
+    stats.accepted += 1;
+    open.add(client);
+    client.on('close', () => open.delete(client));
+    client.on('error', () => {});
+    client.pause(); // hold the client's bytes (the WebSocket upgrade) until a backend is connected
+    const order = backends.map((_, i) => backends[(next + i) % backends.length]);
+    next += 1;
+    const attempt = (i) => {
+      if (client.destroyed) return;
+      if (i >= order.length) {
+        stats.dropped += 1;
+        client.destroy();
+        return;
+      }
+      const backend = order[i];
+      const upstream = net.connect({ host: '127.0.0.1', port: backend.port });
+      let connected = false;
+      upstream.once('connect', () => {
+        connected = true;
+        bump(stats.routed, backend.label);
+        open.add(upstream);
+        upstream.setNoDelay(true);
+        client.setNoDelay(true);
+        upstream.on('close', () => {
+          open.delete(upstream);
+          client.destroy();
+        });
+        client.on('close', () => upstream.destroy());
+        client.pipe(upstream);
+        upstream.pipe(client);
+        client.resume();
+      });
+      upstream.on('error', () => {
+        if (connected) {
+          client.destroy();
+          return;
+        }
+        bump(stats.refused, backend.label);
+        attempt(i + 1);
+      });
+    };
+    attempt(0);
+  });
+  await new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', resolve);
+  });
+  const balancer = {
+    port: server.address().port,
+    stats,
+    setBackends(list) {
+      backends = [...list];
+    },
+    close() {
+      for (const s of open) s.destroy();
+      return new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+  h.track(() => balancer.close());
+  return balancer;
+}
+
 module.exports = {
+  startBalancer,
   NATS_SERVER_BIN,
   ManagedProcess,
   NatsServer,

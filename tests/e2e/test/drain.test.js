@@ -9,7 +9,6 @@
 // close, the process exits 0 after the window, and a trigger through the ingest reaches every moved client.
 //
 // DRAIN_CLIENTS (default 20) sets the number of clients. Measured figures are printed as test diagnostics.
-const net = require('node:net');
 const h = require('./harness');
 const ch = require('./cluster-harness');
 const { assert } = h;
@@ -31,80 +30,6 @@ ch.HeraldNode.prototype._spawn = function spawnWithDrainWindow(bin, args, env, a
   const extra = this.role === 'gateway' ? ['--drain-window', String(DRAIN_WINDOW_S)] : [];
   return baseSpawn.call(this, bin, [...args, ...extra], env, alias);
 };
-
-// ---------------------------------------------------------------------------------------------------------
-// a TCP load balancer: each new client goes to the first backend, in round-robin order, that accepts a TCP
-// connection; a backend that refuses (a draining gateway has closed its listener) is skipped.
-
-async function startBalancer(initialBackends) {
-  let backends = [...initialBackends];
-  let next = 0;
-  const open = new Set();
-  const stats = { accepted: 0, routed: new Map(), refused: new Map(), dropped: 0 };
-  const bump = (map, key) => map.set(key, (map.get(key) || 0) + 1);
-
-  const server = net.createServer((client) => {
-    stats.accepted += 1;
-    open.add(client);
-    client.on('close', () => open.delete(client));
-    client.on('error', () => {});
-    client.pause(); // hold the client's bytes (the WebSocket upgrade) until a backend is connected
-    const order = backends.map((_, i) => backends[(next + i) % backends.length]);
-    next += 1;
-    const attempt = (i) => {
-      if (client.destroyed) return;
-      if (i >= order.length) {
-        stats.dropped += 1;
-        client.destroy();
-        return;
-      }
-      const backend = order[i];
-      const upstream = net.connect({ host: '127.0.0.1', port: backend.port });
-      let connected = false;
-      upstream.once('connect', () => {
-        connected = true;
-        bump(stats.routed, backend.label);
-        open.add(upstream);
-        upstream.setNoDelay(true);
-        client.setNoDelay(true);
-        upstream.on('close', () => {
-          open.delete(upstream);
-          client.destroy();
-        });
-        client.on('close', () => upstream.destroy());
-        client.pipe(upstream);
-        upstream.pipe(client);
-        client.resume();
-      });
-      upstream.on('error', () => {
-        if (connected) {
-          client.destroy();
-          return;
-        }
-        bump(stats.refused, backend.label);
-        attempt(i + 1);
-      });
-    };
-    attempt(0);
-  });
-  await new Promise((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', resolve);
-  });
-  const balancer = {
-    port: server.address().port,
-    stats,
-    setBackends(list) {
-      backends = [...list];
-    },
-    close() {
-      for (const s of open) s.destroy();
-      return new Promise((resolve) => server.close(() => resolve()));
-    },
-  };
-  h.track(() => balancer.close());
-  return balancer;
-}
 
 // ---------------------------------------------------------------------------------------------------------
 
@@ -141,7 +66,7 @@ test(`SIGTERM drains a gateway: 503 at once, ${CLIENTS} clients get 4200 spread 
   const onGateway = (socketId) => ({ [prefixA]: 'A', [prefixB]: 'B' })[String(socketId).split('.')[0]] || `? (${socketId})`;
 
   // Every client lands on A first; B joins the balancer afterwards (the new pod of a rolling deploy).
-  const balancer = await startBalancer([{ label: 'A', port: gwA.port }]);
+  const balancer = await ch.startBalancer([{ label: 'A', port: gwA.port }]);
   const viaBalancer = { port: balancer.port, app: gwA.app };
   const clients = [];
   for (let i = 0; i < CLIENTS; i++) {
