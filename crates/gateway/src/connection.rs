@@ -191,6 +191,19 @@ async fn serve<R, W>(
     let reason = peer.close_reason().map_or("client_closed", |r| r.label);
     drop(peer);
     let _ = writer.await;
+    if !matches!(reason, "client_closed" | "client_gone") {
+        // The server closed: read (and discard) what the client still sends
+        // until its Close, briefly, so that dropping the socket with unread
+        // data does not reset it before the client has seen our close code.
+        let _ = timeout(CLOSE_WRITE_TIMEOUT, async {
+            while let Ok(frame) = reader.read().await {
+                if frame.opcode == herald_protocol::frame::OpCode::Close {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
     metrics.connections.with_label_values(&[&app.id]).dec();
     metrics
         .connections_closed
