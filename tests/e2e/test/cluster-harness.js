@@ -730,7 +730,17 @@ async function startBalancer(initialBackends) {
   return balancer;
 }
 
+/** The socket id prefix (random per gateway process) of a node, read from a direct raw connection. */
+async function socketPrefix(node) {
+  const c = await h.rawConnected(node);
+  const prefix = c.id.split('.')[0];
+  c.close();
+  await c.waitClose();
+  return prefix;
+}
+
 module.exports = {
+  socketPrefix,
   startBalancer,
   NATS_SERVER_BIN,
   ManagedProcess,

@@ -33,14 +33,6 @@ ch.HeraldNode.prototype._spawn = function spawnWithDrainWindow(bin, args, env, a
 
 // ---------------------------------------------------------------------------------------------------------
 
-/** The socket id prefix (random per gateway process) of a node, read from a direct raw connection. */
-async function socketPrefix(node) {
-  const c = await h.rawConnected(node);
-  const prefix = c.id.split('.')[0];
-  c.close();
-  await c.waitClose();
-  return prefix;
-}
 
 /** Watches one pusher-js client: 4200 closes and 'connected' transitions, with timestamps. */
 function watch(client) {
@@ -60,8 +52,8 @@ const stats = (xs) => ({ min: Math.min(...xs), max: Math.max(...xs) });
 test(`SIGTERM drains a gateway: 503 at once, ${CLIENTS} clients get 4200 spread over the window and move to the other gateway`, { timeout: 90000 }, async (t) => {
   const cluster = await ch.startCluster({ gateways: 2 });
   const [gwA, gwB] = cluster.gateways;
-  const prefixA = await socketPrefix(gwA);
-  const prefixB = await socketPrefix(gwB);
+  const prefixA = await ch.socketPrefix(gwA);
+  const prefixB = await ch.socketPrefix(gwB);
   assert.notEqual(prefixA, prefixB);
   const onGateway = (socketId) => ({ [prefixA]: 'A', [prefixB]: 'B' })[String(socketId).split('.')[0]] || `? (${socketId})`;
 

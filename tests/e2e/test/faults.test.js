@@ -30,14 +30,6 @@ const { test } = ch;
 const now = () => performance.now(); // monotonic, same clock for publisher and clients (one process)
 const ms = (x) => Math.round(x);
 
-/** The socket id prefix (random per gateway process) of a node, read from a direct raw connection. */
-async function socketPrefix(node) {
-  const c = await h.rawConnected(node);
-  const prefix = c.id.split('.')[0];
-  c.close();
-  await c.waitClose();
-  return prefix;
-}
 
 // ---------------------------------------------------------------------------------------------------------
 // a paced, sequential publisher: trigger n (n = 1, 2, ...) through the SDK, wait for the answer, then the next
@@ -187,8 +179,8 @@ function segmentsOf(log) {
 test(`kill -9 of a gateway under traffic: its clients reconnect to the survivor within ${KILL_RECONNECT_BOUND_MS} ms, no acknowledged trigger is lost for connected clients`, { timeout: 90000 }, async (t) => {
   const cluster = await ch.startCluster({ gateways: 2 });
   const [gwA, gwB] = cluster.gateways;
-  const prefixA = await socketPrefix(gwA);
-  const prefixB = await socketPrefix(gwB);
+  const prefixA = await ch.socketPrefix(gwA);
+  const prefixB = await ch.socketPrefix(gwB);
   assert.notEqual(prefixA, prefixB);
   const onGateway = (socketId) => ({ [prefixA]: 'A', [prefixB]: 'B' })[String(socketId).split('.')[0]] || `?(${socketId})`;
 
