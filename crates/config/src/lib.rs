@@ -6,6 +6,7 @@
 //! and flags (one `clap` definition serves both) on top.
 
 use herald_protocol::api::ApiLimits;
+use herald_protocol::webhook::WebhookKind;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -50,9 +51,44 @@ pub struct Config {
     pub drain_window: Option<u64>,
     /// Seconds allowed after the drain for the last connections to close.
     pub shutdown_timeout: u64,
+    /// Milliseconds `channel_vacated` and `member_removed` webhooks are held
+    /// back; dropped (with the re-add) if the channel or user comes back.
+    pub webhook_hold_back_ms: u64,
+    /// Milliseconds a webhook batch collects events before it is sent.
+    pub webhook_batch_ms: u64,
+    /// Most events in one webhook request.
+    pub webhook_batch_size: usize,
+    /// Milliseconds a receiver has to answer 2XX.
+    pub webhook_timeout_ms: u64,
+    /// Seconds after queueing that a failing webhook is retried before it
+    /// becomes a dead letter.
+    pub webhook_retry_window_secs: u64,
     /// Cluster mode: how to reach NATS (ignored by `herald standalone`).
     pub nats: NatsConfig,
     pub apps: Vec<AppConfig>,
+}
+
+impl Config {
+    /// How webhooks are held back, batched, timed out and retried.
+    pub fn webhook_delivery(&self) -> WebhookDelivery {
+        WebhookDelivery {
+            hold_back: Duration::from_millis(self.webhook_hold_back_ms),
+            batch_window: Duration::from_millis(self.webhook_batch_ms),
+            batch_size: self.webhook_batch_size,
+            timeout: Duration::from_millis(self.webhook_timeout_ms),
+            retry_window: Duration::from_secs(self.webhook_retry_window_secs),
+        }
+    }
+}
+
+/// Webhook delivery timing (Pusher's rules by default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookDelivery {
+    pub hold_back: Duration,
+    pub batch_window: Duration,
+    pub batch_size: usize,
+    pub timeout: Duration,
+    pub retry_window: Duration,
 }
 
 /// NATS connection, credentials, TLS, subject prefix and KV buckets.
@@ -85,6 +121,12 @@ pub struct NatsConfig {
     /// Seconds after which a gateway that stopped heartbeating counts as dead
     /// and its presence members are removed cluster-wide.
     pub node_ttl: u64,
+    /// JetStream stream of queued webhooks (deduplicated, shared by senders).
+    pub webhook_stream: String,
+    /// JetStream stream of webhooks that failed for the whole retry window.
+    pub webhook_dead_letter_stream: String,
+    /// Seconds before webhooks held by a sender that died go to another.
+    pub webhook_ack_wait_secs: u64,
 }
 
 impl Default for NatsConfig {
@@ -105,6 +147,9 @@ impl Default for NatsConfig {
             cache_bucket: "herald-cache".into(),
             kv_replicas: 1,
             node_ttl: 3,
+            webhook_stream: "herald-webhooks".into(),
+            webhook_dead_letter_stream: "herald-webhooks-dead".into(),
+            webhook_ack_wait_secs: 30,
         }
     }
 }
@@ -150,6 +195,11 @@ impl Default for Config {
             max_connections_per_ip: 0,
             drain_window: None,
             shutdown_timeout: 5,
+            webhook_hold_back_ms: 3000,
+            webhook_batch_ms: 250,
+            webhook_batch_size: 20,
+            webhook_timeout_ms: 4000,
+            webhook_retry_window_secs: 300,
             nats: NatsConfig::default(),
             apps: Vec::new(),
         }
@@ -205,6 +255,27 @@ pub struct AppConfig {
     /// A refused handshake gets 4009.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Where this app's webhooks are POSTed.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// One webhook receiver of an app.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` URL the events are POSTed to.
+    pub url: String,
+    /// Event kinds to send (`member_added`, ...); empty: all of them.
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+impl WebhookConfig {
+    /// Whether this receiver wants events of `kind`.
+    pub fn wants(&self, kind: WebhookKind) -> bool {
+        self.events.is_empty() || self.events.iter().any(|e| e == kind.name())
+    }
 }
 
 fn default_max_subscriptions() -> usize {
@@ -255,6 +326,7 @@ impl AppConfig {
             max_subscriptions_per_connection: default_max_subscriptions(),
             max_api_requests_per_second: 0,
             allowed_origins: Vec::new(),
+            webhooks: Vec::new(),
         }
     }
 
@@ -400,6 +472,17 @@ impl Config {
             ("outbox_capacity", self.outbox_capacity),
             ("write_timeout", self.write_timeout as usize),
             ("header_timeout", self.header_timeout as usize),
+            ("webhook_batch_ms", self.webhook_batch_ms as usize),
+            ("webhook_batch_size", self.webhook_batch_size),
+            ("webhook_timeout_ms", self.webhook_timeout_ms as usize),
+            (
+                "webhook_retry_window_secs",
+                self.webhook_retry_window_secs as usize,
+            ),
+            (
+                "nats.webhook_ack_wait_secs",
+                self.nats.webhook_ack_wait_secs as usize,
+            ),
         ] {
             if value == 0 {
                 return Err(invalid(key.into(), "must be greater than 0"));
@@ -472,6 +555,29 @@ impl Config {
             ] {
                 if value == 0 {
                     return Err(invalid(key(field), "must be greater than 0"));
+                }
+            }
+            for (j, hook) in app.webhooks.iter().enumerate() {
+                let field = |name: &str| key(&format!("webhooks[{j}].{name}"));
+                let scheme_ok = hook.url.split_once("://").is_some_and(|(scheme, rest)| {
+                    matches!(scheme, "http" | "https") && !rest.is_empty()
+                });
+                if !scheme_ok {
+                    return Err(invalid(field("url"), "must be an http:// or https:// URL"));
+                }
+                if let Some(unknown) = hook
+                    .events
+                    .iter()
+                    .find(|e| WebhookKind::from_name(e).is_none())
+                {
+                    let known: Vec<_> = WebhookKind::ALL.iter().map(|k| k.name()).collect();
+                    return Err(invalid(
+                        field("events"),
+                        &format!(
+                            "has unknown event `{unknown}` (known: {})",
+                            known.join(", ")
+                        ),
+                    ));
                 }
             }
         }
@@ -575,5 +681,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("PUSHER_APP_KEY, PUSHER_APP_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn webhooks_are_validated_by_key() {
+        let app = "[[apps]]\nid='1'\nkey='k'\nsecret='s'\n";
+        let ok = Config::from_toml(&format!(
+            "{app}webhooks = [{{ url = 'https://shop.example/hook', events = ['member_added'] }}]\n"
+        ))
+        .unwrap();
+        let hook = &ok.apps[0].webhooks[0];
+        assert!(hook.wants(WebhookKind::MemberAdded) && !hook.wants(WebhookKind::CacheMiss));
+        let err = Config::from_toml(&format!("{app}webhooks = [{{ url = 'ftp://x' }}]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("apps[0].webhooks[0].url"), "{err}");
+        let err = Config::from_toml(&format!(
+            "{app}webhooks = [{{ url = 'http://x', events = ['member_joined'] }}]\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("apps[0].webhooks[0].events") && err.contains("member_joined"),
+            "{err}"
+        );
     }
 }

@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use herald_bus::{unix_millis, Bus, BusMessage, Envelope, Sink, ENVELOPE_VERSION};
 use herald_config::AppConfig;
 use herald_metrics::Metrics;
-use herald_presence::{Listener, Transition};
+use herald_presence::{Listener, Origin, Transition};
 use herald_protocol::channel::WATCHLIST_PREFIX;
 use herald_protocol::{codes, frame, message};
 use parking_lot::RwLock;
@@ -220,7 +220,7 @@ impl Hub {
 impl Listener for Hub {
     /// Cluster-wide state transitions, told to this node's sockets only:
     /// every node gets the same transitions, so every socket hears each once.
-    fn on_transition(&self, transition: &Transition) {
+    fn on_transition(&self, transition: &Transition, _origin: Option<&Origin>) {
         let (app, channel, event, data) = match transition {
             Transition::MemberAdded {
                 app,
@@ -243,6 +243,7 @@ impl Listener for Hub {
                 app,
                 channel,
                 count,
+                ..
             } => {
                 let wanted = self
                     .apps

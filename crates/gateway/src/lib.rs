@@ -18,6 +18,7 @@ use herald_bus::{Bus, BusMessage};
 use herald_config::{AppConfig, Config};
 use herald_metrics::Metrics;
 use herald_presence::ChannelState;
+use herald_webhooks::Webhooks;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -60,6 +61,8 @@ pub struct Gateway {
     state: Arc<ChannelState>,
     bus: Arc<dyn Bus>,
     metrics: Arc<Metrics>,
+    /// Where client events and cache misses are reported as webhooks.
+    webhooks: Arc<Webhooks>,
     /// Open connections per client address, when `max_connections_per_ip` is set.
     per_ip: parking_lot::Mutex<HashMap<IpAddr, usize>>,
     /// Random per process, so socket ids from different nodes never collide.
@@ -74,6 +77,7 @@ impl Gateway {
         state: Arc<ChannelState>,
         bus: Arc<dyn Bus>,
         metrics: Arc<Metrics>,
+        webhooks: Arc<Webhooks>,
     ) -> Arc<Self> {
         Arc::new(Self {
             settings,
@@ -82,6 +86,7 @@ impl Gateway {
             state,
             bus,
             metrics,
+            webhooks,
             per_ip: parking_lot::Mutex::default(),
             socket_prefix: rand::random::<u32>() % 1_000_000_000,
             next_socket: AtomicU64::new(1),

@@ -17,6 +17,7 @@ use herald_protocol::channel::{ChannelKind, MAX_EVENT_NAME_LEN};
 use herald_protocol::frame::{FrameError, OpCode};
 use herald_protocol::message::{self, ClientMessage, Subscribe};
 use herald_protocol::rate::TokenBucket;
+use herald_protocol::webhook::{WebhookEvent, WebhookKind};
 use herald_protocol::{auth, codes, frame, ChannelName};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -542,7 +543,17 @@ impl Session {
                     &cached.data,
                     None,
                 )),
-                None => self.send_text(&message::cache_miss(channel)),
+                None => {
+                    self.send_text(&message::cache_miss(channel));
+                    if self
+                        .gateway
+                        .webhooks
+                        .wants(&self.app.id, WebhookKind::CacheMiss)
+                    {
+                        let event = WebhookEvent::new(WebhookKind::CacheMiss, channel, None);
+                        self.gateway.webhooks.emit(&self.app.id, event);
+                    }
+                }
             }
         }
         self.subscriptions.insert(
@@ -682,6 +693,23 @@ impl Session {
         }
         // Client events are never cached: Pusher caches only server events.
         let sub = &self.subscriptions[&channel];
+        if self
+            .gateway
+            .webhooks
+            .wants(&self.app.id, WebhookKind::ClientEvent)
+        {
+            let webhook = WebhookEvent {
+                event: Some(event.clone()),
+                data: Some(data.clone()),
+                socket_id: Some(self.peer.socket_id().to_string()),
+                ..WebhookEvent::new(
+                    WebhookKind::ClientEvent,
+                    &channel,
+                    sub.presence_user.as_deref(),
+                )
+            };
+            self.gateway.webhooks.emit(&self.app.id, webhook);
+        }
         let envelope = Envelope::new(&self.app.id, &channel, &event, data)
             .except(Some(self.peer.socket_id().to_string()))
             .from_user(sub.presence_user.clone());

@@ -7,6 +7,7 @@
 
 mod state_metrics;
 mod tls;
+mod webhooks;
 
 /// jemalloc returns the memory of short-lived handshake buffers instead of
 /// keeping it fragmented between long-lived per-connection objects (measured
@@ -58,6 +59,9 @@ enum Command {
     Gateway(ClusterArgs),
     /// Cluster role: the Pusher HTTP API at /apps/{id}/..., joined by NATS.
     Ingest(ClusterArgs),
+    /// Inspect and replay webhook dead letters of a running standalone or ingest.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhookCommand),
 }
 
 #[derive(clap::Args)]
@@ -139,6 +143,7 @@ fn main() -> std::process::ExitCode {
         Command::Standalone(common) => (Role::Standalone, common, Vec::new(), None),
         Command::Gateway(c) => (Role::Gateway, c.common, c.nats, c.node_id),
         Command::Ingest(c) => (Role::Ingest, c.common, c.nats, c.node_id),
+        Command::Webhooks(command) => return webhooks::command(command),
     };
     let format = match args.log_format {
         LogFormat::Text => herald_telemetry::LogFormat::Text,
@@ -178,6 +183,8 @@ struct Backbone {
     bus: Arc<dyn Bus>,
     local: Option<Arc<LocalBus>>,
     nats: Option<Arc<NatsBus>>,
+    /// Cluster mode's JetStream (webhook queue).
+    js: Option<async_nats::jetstream::Context>,
 }
 
 async fn backbone(
@@ -195,6 +202,7 @@ async fn backbone(
             bus: local.clone(),
             local: Some(local),
             nats: None,
+            js: None,
         });
     }
     let n = &config.nats;
@@ -224,12 +232,14 @@ async fn backbone(
             }
         }
     };
+    let js = async_nats::jetstream::new(client.clone());
     let nats = Arc::new(NatsBus::new(client, &n.subject_prefix));
     Ok(Backbone {
         state: Arc::new(state),
         bus: nats.clone(),
         local: None,
         nats: Some(nats),
+        js: Some(js),
     })
 }
 
@@ -279,6 +289,15 @@ async fn run(
         backbone.state.clone(),
     )));
 
+    let webhooks = webhooks::start(
+        role,
+        &config,
+        &apps,
+        backbone.js.as_ref(),
+        &backbone.state,
+        &metrics,
+    )
+    .await?;
     let gateway = role.serves_websockets().then(|| {
         let gateway = Gateway::new(
             Settings::from_config(&config),
@@ -286,8 +305,9 @@ async fn run(
             backbone.state.clone(),
             backbone.bus.clone(),
             metrics.clone(),
+            webhooks,
         );
-        backbone.state.set_listener(gateway.hub());
+        backbone.state.add_listener(gateway.hub());
         if let Some(local) = &backbone.local {
             local.attach(gateway.hub());
         }

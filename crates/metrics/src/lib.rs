@@ -62,6 +62,38 @@ pub struct Metrics {
     pub nodes_removed: prometheus::IntCounter,
     /// From the trigger's publish timestamp to the queueing of the frame for the sockets.
     pub delivery_latency: HistogramVec,
+    /// Webhook events put in the queue (cluster: not counting duplicates
+    /// another node queued first).
+    pub webhook_queued: IntCounterVec,
+    /// Webhook events a receiver accepted with a 2XX.
+    pub webhook_sent: IntCounterVec,
+    /// Webhook events that failed for the whole retry window (dead letters).
+    pub webhook_dead: IntCounterVec,
+    /// Failed webhook requests' events that will be retried.
+    pub webhook_retries: IntCounterVec,
+    /// Held-back `channel_vacated`/`member_removed` dropped with their re-add.
+    pub webhook_suppressed: IntCounterVec,
+    /// Webhook events that could not be queued (queue full, NATS down).
+    pub webhook_queue_failures: IntCounterVec,
+    /// Webhook events this process holds for delivery.
+    pub webhook_pending: IntGaugeVec,
+    /// From queueing a webhook event to its receiver's 2XX.
+    pub webhook_lag: HistogramVec,
+    admin_routes: std::sync::OnceLock<Arc<dyn AdminRoutes>>,
+}
+
+/// A response of an extra admin endpoint: status, content type, body.
+pub type AdminResponse = (StatusCode, &'static str, String);
+
+/// Admin endpoints served beside the metrics by another concern (the
+/// webhook dead letters).
+pub trait AdminRoutes: Send + Sync {
+    /// The answer to `method path`, or None when the path is not one of these.
+    fn route(
+        &self,
+        method: &hyper::Method,
+        path: &str,
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = AdminResponse> + Send>>>;
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -265,6 +297,56 @@ impl Metrics {
                 &["app"],
                 latency_buckets,
             ),
+            webhook_queued: counter(
+                &r,
+                "herald_webhook_events_queued_total",
+                "Webhook events queued for delivery.",
+                &["app"],
+            ),
+            webhook_sent: counter(
+                &r,
+                "herald_webhook_events_sent_total",
+                "Webhook events accepted by a receiver (2XX).",
+                &["app"],
+            ),
+            webhook_dead: counter(
+                &r,
+                "herald_webhook_events_dead_total",
+                "Webhook events that failed for the whole retry window.",
+                &["app"],
+            ),
+            webhook_retries: counter(
+                &r,
+                "herald_webhook_retries_total",
+                "Webhook events of failed requests, to be retried.",
+                &["app"],
+            ),
+            webhook_suppressed: counter(
+                &r,
+                "herald_webhook_events_suppressed_total",
+                "Held-back vacated/removed webhook events dropped because the channel or user came back.",
+                &["app"],
+            ),
+            webhook_queue_failures: counter(
+                &r,
+                "herald_webhook_queue_failures_total",
+                "Webhook events that could not be queued.",
+                &["app"],
+            ),
+            webhook_pending: gauge(
+                &r,
+                "herald_webhook_pending_events",
+                "Webhook events held by this process for delivery.",
+                &["app"],
+            ),
+            webhook_lag: histogram(
+                &r,
+                "herald_webhook_lag_seconds",
+                "Time from queueing a webhook event to its receiver's 2XX.",
+                &["app"],
+                vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 150.0, 300.0],
+            ),
+            admin_routes: std::sync::OnceLock::new(),
             registry: r,
             ready: AtomicBool::new(false),
         }
@@ -277,6 +359,17 @@ impl Metrics {
         for counter in [&self.bus_publishes, &self.bus_publish_failures] {
             counter.with_label_values(&[app]);
         }
+        for counter in [
+            &self.webhook_queued,
+            &self.webhook_sent,
+            &self.webhook_dead,
+            &self.webhook_retries,
+            &self.webhook_suppressed,
+            &self.webhook_queue_failures,
+        ] {
+            counter.with_label_values(&[app]);
+        }
+        self.webhook_pending.with_label_values(&[app]);
         self.auth_failures.with_label_values(&[app, "api"]);
         if !websockets {
             return;
@@ -335,6 +428,29 @@ impl Metrics {
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 
+    /// Serves `routes` on the admin port too; set once.
+    pub fn set_admin_routes(&self, routes: Arc<dyn AdminRoutes>) {
+        if self.admin_routes.set(routes).is_err() {
+            panic!("Metrics::set_admin_routes called twice");
+        }
+    }
+
+    async fn respond_to(&self, method: &hyper::Method, path: &str) -> Response<Full<Bytes>> {
+        let Some(answer) = self
+            .admin_routes
+            .get()
+            .and_then(|routes| routes.route(method, path))
+        else {
+            return self.respond(path);
+        };
+        let (status, content_type, body) = answer.await;
+        Response::builder()
+            .status(status)
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from(body)))
+            .expect("valid response")
+    }
+
     fn respond(&self, path: &str) -> Response<Full<Bytes>> {
         let (status, body) = match path {
             "/metrics" => (StatusCode::OK, self.render()),
@@ -364,8 +480,11 @@ pub async fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>) {
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let resp = metrics.respond(req.uri().path());
-                async move { Ok::<_, std::convert::Infallible>(resp) }
+                let metrics = metrics.clone();
+                async move {
+                    let resp = metrics.respond_to(req.method(), req.uri().path()).await;
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)

@@ -30,7 +30,7 @@
 //! A live node whose entries were removed (its heartbeat lapsed, or NATS
 //! lost its data) writes them again from its local counts.
 
-use crate::{CachedEvent, Change, Shared};
+use crate::{CachedEvent, Change, Origin, Shared};
 use async_nats::jetstream::kv::{self, Operation, Store};
 use async_nats::jetstream::Context;
 use bytes::Bytes;
@@ -432,7 +432,10 @@ impl Inner {
             return;
         }
         self.liveness.forget(node);
-        let removals = self.shared.replica.remove_node(node);
+        let removals = self
+            .shared
+            .replica
+            .remove_node(node, |removal| self.origin_of(&encode(removal).0));
         if removals.is_empty() {
             return;
         }
@@ -492,6 +495,16 @@ impl Inner {
         });
     }
 
+    /// A removal's origin: the key and the revision of the put it removes.
+    fn origin_of(&self, key: &str) -> Option<Origin> {
+        let revision = *self.applied_keys.lock().get(key)?;
+        Some(Origin {
+            key: key.to_owned(),
+            revision,
+            removed: true,
+        })
+    }
+
     fn owned_by_me(&self, change: &Change) -> bool {
         match change {
             Change::Subscriptions { node, .. }
@@ -524,7 +537,16 @@ impl Inner {
             return;
         };
         let removal_of_mine = !put && self.owned_by_me(&change);
-        self.shared.replica.apply(change.clone());
+        let origin = if put {
+            Some(Origin {
+                key: entry.key.clone(),
+                revision: entry.revision,
+                removed: false,
+            })
+        } else {
+            self.origin_of(&entry.key)
+        };
+        self.shared.replica.apply(change.clone(), origin);
         if removal_of_mine {
             self.repair(change);
         }

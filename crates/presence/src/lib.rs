@@ -16,15 +16,36 @@ pub mod view;
 
 use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 pub use view::{CachedEvent, Change, ChannelSummary, Transition, View};
+
+/// The replicated write a transition came from: the entry's key and the
+/// revision of its last put (for a removal, the put being removed). Every
+/// node folds the same stream, so this names a transition cluster-wide,
+/// which is what lets every node report it and a receiver still hear it
+/// once (webhook deduplication). Standalone transitions have none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub key: String,
+    pub revision: u64,
+    /// The entry was removed (else written) at this point.
+    pub removed: bool,
+}
+
+impl Origin {
+    /// A name for this point of the stream, the same on every node.
+    pub fn id(&self) -> String {
+        let op = if self.removed { "del" } else { "put" };
+        format!("{op}:{}:{}", self.key, self.revision)
+    }
+}
 
 /// How long a cache channel keeps its last event (Pusher: 30 minutes).
 pub const CACHE_TTL_MS: u64 = 30 * 60 * 1000;
 
 /// Receives the view's transitions (the gateway's local fan-out).
 pub trait Listener: Send + Sync {
-    fn on_transition(&self, transition: &Transition);
+    fn on_transition(&self, transition: &Transition, origin: Option<&Origin>);
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,22 +148,28 @@ pub(crate) struct Shared {
 #[derive(Default)]
 pub(crate) struct Replica {
     view: RwLock<View>,
-    listener: OnceLock<Arc<dyn Listener>>,
+    listeners: RwLock<Vec<Arc<dyn Listener>>>,
 }
 
 impl Replica {
-    pub(crate) fn apply(&self, change: Change) {
+    pub(crate) fn apply(&self, change: Change, origin: Option<Origin>) {
         let transition = self.view.write().apply(change);
-        if let (Some(t), Some(listener)) = (transition, self.listener.get()) {
-            listener.on_transition(&t);
+        if let Some(t) = transition {
+            for listener in self.listeners.read().iter() {
+                listener.on_transition(&t, origin.as_ref());
+            }
         }
     }
 
     /// Drops every entry `node` owns (it died); returns the removals made.
-    pub(crate) fn remove_node(&self, node: &str) -> Vec<Change> {
+    pub(crate) fn remove_node(
+        &self,
+        node: &str,
+        origin_of: impl Fn(&Change) -> Option<Origin>,
+    ) -> Vec<Change> {
         let removals = self.view.read().owned_by(node);
         for removal in &removals {
-            self.apply(removal.clone());
+            self.apply(removal.clone(), origin_of(removal));
         }
         removals
     }
@@ -202,17 +229,16 @@ impl ChannelState {
         })
     }
 
-    /// Where transitions go; set once, before traffic.
-    pub fn set_listener(&self, listener: Arc<dyn Listener>) {
-        if self.shared.replica.listener.set(listener).is_err() {
-            panic!("ChannelState::set_listener called twice");
-        }
+    /// Adds a receiver of transitions (the gateway's fan-out, webhooks);
+    /// add them before traffic.
+    pub fn add_listener(&self, listener: Arc<dyn Listener>) {
+        self.shared.replica.listeners.write().push(listener);
     }
 
     async fn write(&self, change: Change) {
         match &self.store {
             Some(store) => store.write(&change).await,
-            None => self.shared.replica.apply(change),
+            None => self.shared.replica.apply(change, None),
         }
     }
 
@@ -353,7 +379,7 @@ impl ChannelState {
         match &self.store {
             Some(store) => store.write_checked(&change).await,
             None => {
-                self.shared.replica.apply(change);
+                self.shared.replica.apply(change, None);
                 Ok(())
             }
         }
@@ -403,7 +429,7 @@ mod tests {
     #[derive(Default)]
     struct Recorder(Mutex<Vec<Transition>>);
     impl Listener for Recorder {
-        fn on_transition(&self, t: &Transition) {
+        fn on_transition(&self, t: &Transition, _: Option<&Origin>) {
             self.0.lock().push(t.clone());
         }
     }
@@ -412,7 +438,7 @@ mod tests {
     async fn local_connections_of_one_user_make_one_member() {
         let state = ChannelState::in_memory();
         let rec = Arc::new(Recorder::default());
-        state.set_listener(rec.clone());
+        state.add_listener(rec.clone());
         state.join("a", "presence-x", "u1", "{}", 10).await.unwrap();
         state.join("a", "presence-x", "u1", "{}", 10).await.unwrap();
         state.leave("a", "presence-x", "u1").await;

@@ -71,6 +71,8 @@ pub enum Transition {
     SubscriptionCount {
         app: String,
         channel: String,
+        /// The count before this change (0: the channel became occupied).
+        previous: usize,
         count: usize,
     },
     UserOnline {
@@ -149,6 +151,7 @@ impl View {
                 (before != after).then_some(Transition::SubscriptionCount {
                     app,
                     channel,
+                    previous: before,
                     count: after,
                 })
             }

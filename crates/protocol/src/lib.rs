@@ -14,5 +14,6 @@ pub mod frame;
 pub mod message;
 pub mod rate;
 pub mod token;
+pub mod webhook;
 
 pub use channel::{ChannelKind, ChannelName, ChannelNameError};

@@ -1,0 +1,131 @@
+//! Wiring of webhooks per role, and the `herald webhooks` commands.
+//!
+//! Every role with channel state reports transitions (so a crashed node is
+//! covered by the others); the sender runs where the HTTP API runs
+//! (standalone, ingest), which also serves the dead letters on its admin
+//! port. Without any receiver configured nothing is started.
+
+use crate::Role;
+use herald_config::Config;
+use herald_metrics::Metrics;
+use herald_presence::ChannelState;
+use herald_webhooks::{DeadLetters, Queue, Sender, WebhookAdmin, Webhooks};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub async fn start(
+    role: Role,
+    config: &Config,
+    apps: &[Arc<herald_config::AppConfig>],
+    js: Option<&async_nats::jetstream::Context>,
+    state: &ChannelState,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Arc<Webhooks>> {
+    let delivery = config.webhook_delivery();
+    if !herald_webhooks::configured(apps) {
+        return Ok(Webhooks::new(
+            apps,
+            None,
+            delivery.hold_back,
+            metrics.clone(),
+        ));
+    }
+    let sends = role.serves_api();
+    let (queue, dead) = match js {
+        None => {
+            let dead = Arc::new(DeadLetters::in_memory());
+            let sender = Sender::start(apps, &delivery, dead.clone(), metrics.clone(), None)
+                .map_err(anyhow::Error::msg)?;
+            (Arc::new(Queue::Memory(sender)), dead)
+        }
+        Some(js) => {
+            // NATS is up (the channel state just opened); the streams may still be new.
+            while let Err(e) = herald_webhooks::ensure_streams(js, &config.nats).await {
+                tracing::warn!(error = %e, "webhook streams unavailable; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let queue = Arc::new(Queue::jetstream(js.clone(), &config.nats, metrics.clone()));
+            let dead = Arc::new(DeadLetters::jetstream(js.clone(), &config.nats));
+            if sends {
+                let ack_wait = Duration::from_secs(config.nats.webhook_ack_wait_secs);
+                let keep_alive = (ack_wait / 3).max(Duration::from_millis(200));
+                let sender = Sender::start(
+                    apps,
+                    &delivery,
+                    dead.clone(),
+                    metrics.clone(),
+                    Some(keep_alive),
+                )
+                .map_err(anyhow::Error::msg)?;
+                herald_webhooks::consume(js.clone(), config.nats.clone(), sender);
+            }
+            (queue, dead)
+        }
+    };
+    if sends {
+        metrics.set_admin_routes(Arc::new(WebhookAdmin {
+            dead,
+            queue: queue.clone(),
+        }));
+    }
+    let webhooks = Webhooks::new(apps, Some(queue), delivery.hold_back, metrics.clone());
+    state.add_listener(webhooks.clone());
+    let receivers: usize = apps.iter().map(|a| a.webhooks.len()).sum();
+    tracing::info!(receivers, sender = sends, "webhooks enabled");
+    Ok(webhooks)
+}
+
+#[derive(clap::Subcommand)]
+pub enum WebhookCommand {
+    /// Print the dead letters (events that failed for the whole retry window) as JSON.
+    DeadLetters(AdminArgs),
+    /// Queue every dead letter again, with a fresh retry window.
+    Replay(AdminArgs),
+}
+
+#[derive(clap::Args)]
+pub struct AdminArgs {
+    /// Admin (metrics) URL of a standalone or ingest process.
+    #[arg(
+        long,
+        env = "HERALD_ADMIN_URL",
+        default_value = "http://127.0.0.1:9601"
+    )]
+    admin: String,
+}
+
+/// Runs a `herald webhooks` command against a running process's admin port.
+pub fn command(command: WebhookCommand) -> std::process::ExitCode {
+    let (method, path, args) = match &command {
+        WebhookCommand::DeadLetters(a) => (reqwest::Method::GET, "/webhooks/dead-letters", a),
+        WebhookCommand::Replay(a) => (reqwest::Method::POST, "/webhooks/dead-letters/replay", a),
+    };
+    let url = format!("{}{path}", args.admin.trim_end_matches('/'));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let outcome = runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .request(method, &url)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await?;
+        let status = response.status();
+        Ok::<_, reqwest::Error>((status, response.text().await?))
+    });
+    match outcome {
+        Ok((status, body)) if status.is_success() => {
+            print!("{body}");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("herald: {url} answered {status}: {}", body.trim());
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("herald: cannot reach {url}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
