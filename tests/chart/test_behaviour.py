@@ -20,16 +20,23 @@ ROLES = ("gateway", "ingest")
 # Every key Herald accepts (docs/configuration.md; crates/config/src/lib.rs uses deny_unknown_fields).
 TOP_LEVEL_KEYS = {
     "bind", "metrics_bind", "activity_timeout", "pong_timeout", "max_message_bytes", "outbox_capacity",
-    "write_timeout", "drain_window", "shutdown_timeout", "nats", "apps",
+    "write_timeout", "drain_window", "shutdown_timeout", "webhook_hold_back_ms", "webhook_batch_ms",
+    "webhook_batch_size", "webhook_timeout_ms", "webhook_retry_window_secs", "nats", "apps",
 }
 NATS_KEYS = {
     "servers", "user", "password", "token", "nkey_seed", "credentials_file", "tls_ca", "tls_cert", "tls_key",
-    "tls_required", "subject_prefix", "state_bucket", "cache_bucket", "kv_replicas", "node_ttl",
+    "tls_required", "subject_prefix", "state_bucket", "cache_bucket", "kv_replicas", "node_ttl", "webhook_stream",
+    "webhook_dead_letter_stream", "webhook_ack_wait_secs",
 }
 APP_KEYS = {
     "id", "key", "secret", "enabled", "client_events", "subscription_count", "user_authentication_timeout",
     "max_connections", "max_presence_members", "max_presence_user_info_bytes", "max_event_payload_bytes",
-    "max_channels_per_event", "max_batch_events", "max_client_events_per_second",
+    "max_channels_per_event", "max_batch_events", "max_client_events_per_second", "webhooks",
+}
+WEBHOOK_KEYS = {"url", "events"}
+WEBHOOK_EVENTS = {
+    "channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event", "cache_miss",
+    "subscription_count",
 }
 
 
@@ -172,6 +179,9 @@ def test_config_toml_parses_and_has_only_keys_herald_knows(rendered, scenario):
     for app in config.get("apps", []):
         assert set(app) <= APP_KEYS
         assert isinstance(app["id"], str) and isinstance(app["key"], str) and app["secret"]
+        for hook in app.get("webhooks", []):
+            assert set(hook) <= WEBHOOK_KEYS and hook["url"].startswith(("http://", "https://")), hook
+            assert set(hook.get("events", [])) <= WEBHOOK_EVENTS, hook
     # set by HERALD_* variables, not the file
     assert not {"bind", "metrics_bind", "drain_window"} & set(config)
     assert "servers" not in config["nats"]
@@ -189,6 +199,9 @@ def test_nats_servers_external_list_and_dependency(rendered):
         "cache_bucket": "herald-prod-cache",
         "kv_replicas": 3,
         "node_ttl": 3,
+        "webhook_stream": "herald-webhooks",
+        "webhook_dead_letter_stream": "herald-webhooks-dead",
+        "webhook_ack_wait_secs": 30,
         "tls_required": False,
     }
     # the NATS dependency: its service, and R3 buckets on its 3-server cluster
@@ -264,6 +277,63 @@ def test_config_change_rolls_the_pods(chart):
     assert checksum({}) == checksum({})
     assert checksum({}) != checksum({"config": {"activity_timeout": 60}})
     assert checksum({}) != checksum({"apps": {"list": [{"id": "app-id", "key": "app-key", "secret": "rotated"}]}})
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Webhooks
+
+
+def test_webhooks_render_as_toml_inline_tables(rendered):
+    r = rendered["webhooks"]
+    text = config_toml(r)
+    config = tomllib.loads(text)
+    # every app's receivers come through intact (an app without webhooks gets no key)
+    apps = {a["id"]: a for a in config["apps"]}
+    assert list(apps) == [str(a["id"]) for a in r.values["apps"]["list"]]
+    for listed in r.values["apps"]["list"]:
+        assert apps[str(listed["id"])].get("webhooks") == listed.get("webhooks"), apps[str(listed["id"])]
+    assert "webhooks" not in apps["plain"]
+    # an array of inline tables on one line, keys sorted, strings escaped as TOML basic strings (no JSON objects)
+    [shop_line] = [line for line in text.splitlines() if line.startswith("webhooks = ") and "shop.example" in line]
+    assert shop_line == (
+        'webhooks = [{ events = ["member_added", "member_removed"], url = "https://shop.example/pusher/webhook" }, '
+        '{ url = "https://audit.example/pusher?source=herald\\u0026tag=\\u003cprod\\u003e" }]'
+    )
+    assert '":' not in text, "a JSON object in config.toml"
+    # the delivery settings and the NATS streams
+    for key, value in r.values["config"].items():
+        assert config[key] == value, key
+    assert {k: v for k, v in config["nats"].items() if k.startswith("webhook_")} == {
+        "webhook_stream": "shop-webhooks",
+        "webhook_dead_letter_stream": "shop-webhooks-dead",
+        "webhook_ack_wait_secs": 60,
+    }
+    # receiver URLs (they may carry tokens) live in the Secret with the rest of config.toml
+    for cm in r.of_kind("ConfigMap"):
+        assert "shop.example" not in str(cm.get("data"))
+
+
+def test_webhook_defaults_in_nats(rendered):
+    nats = tomllib.loads(config_toml(rendered["defaults"]))["nats"]
+    assert nats["webhook_stream"] == "herald-webhooks"
+    assert nats["webhook_dead_letter_stream"] == "herald-webhooks-dead"
+    assert nats["webhook_ack_wait_secs"] == 30
+    assert not any(k.startswith("webhook_") for k in tomllib.loads(config_toml(rendered["defaults"])))
+
+
+def test_webhooks_need_apps_source_config(chart):
+    from conftest import render
+    import helm_python as helm
+
+    app = {"id": "1", "key": "k", "secret": "s", "webhooks": [{"url": "https://shop.example/hook", "events": ["member_added"]}]}
+    with pytest.raises(helm.HelmRenderError) as rendering:
+        render(chart, {"apps": {"source": "env", "list": [app]}})
+    message = str(rendering.value)
+    assert "apps.list[0].webhooks: with apps.source=env" in message, message
+    assert "set apps.source=config" in message, message
+    # the same app with source=config renders, webhooks included
+    ok = render(chart, {"apps": {"source": "config", "list": [app]}})
+    assert tomllib.loads(config_toml(ok))["apps"][0]["webhooks"] == app["webhooks"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -343,19 +413,13 @@ def herald_binary() -> Path | None:
     return None
 
 
-@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "existing-secret"])
-@pytest.mark.parametrize("role", ROLES)
-def test_herald_accepts_the_rendered_config_and_environment(rendered, scenario, role):
-    """Start the real binary with the pod's config.toml and environment (secrets resolved from the chart's Secret,
-    NATS pointed at a closed port): an invalid configuration exits with 2 at once, a valid one gets as far as NATS."""
-    binary = herald_binary()
-    if binary is None:
-        pytest.skip("no herald binary (target/debug/herald or HERALD_BIN)")
-    r = rendered[scenario]
+def run_herald(binary: Path, r, role: str, config: str) -> tuple[int | None, str, str]:
+    """Start the real binary as `role` with `config` and the pod's environment (secrets resolved from the chart's
+    Secret, NATS pointed at a closed port) for at most a second: (exit code or None if still running, stderr, stdout)."""
     secrets = secret_data(r)
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp, "config.toml")
-        config_path.write_text(config_toml(r))
+        config_path.write_text(config)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NO_COLOR": "1"}
         for name, var in r.env(role).items():
             if "value" in var:
@@ -379,5 +443,40 @@ def test_herald_accepts_the_rendered_config_and_environment(rendered, scenario, 
         finally:
             proc.kill()
             out, err = proc.communicate()
-        assert code != 2, f"herald {role} refused the rendered configuration:\n{err}\n{out}\n--- config.toml ---\n{config_path.read_text() if config_path.exists() else ''}"
-        assert "invalid config" not in err, err
+    return code, err, out
+
+
+@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "existing-secret"])
+@pytest.mark.parametrize("role", ROLES)
+def test_herald_accepts_the_rendered_config_and_environment(rendered, scenario, role):
+    """Start the real binary with the pod's config.toml and environment: an invalid configuration exits with 2 at
+    once, a valid one gets as far as NATS."""
+    binary = herald_binary()
+    if binary is None:
+        pytest.skip("no herald binary (target/debug/herald or HERALD_BIN)")
+    r = rendered[scenario]
+    config = config_toml(r)
+    code, err, out = run_herald(binary, r, role, config)
+    assert code != 2, f"herald {role} refused the rendered configuration:\n{err}\n{out}\n--- config.toml ---\n{config}"
+    assert "invalid config" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("good", "bad", "key"),
+    [
+        ('url = "https://shop.example/', 'url = "ftp://shop.example/', "apps[0].webhooks[0].url"),
+        ('"member_removed"]', '"member_gone"]', "apps[0].webhooks[0].events"),
+    ],
+)
+def test_herald_reads_the_rendered_webhooks(rendered, good, bad, key):
+    """The binary really reads the webhooks the chart renders (the acceptance test is not vacuous for them): the
+    same file with one receiver broken is refused, naming it."""
+    binary = herald_binary()
+    if binary is None:
+        pytest.skip("no herald binary (target/debug/herald or HERALD_BIN)")
+    r = rendered["webhooks"]
+    config = config_toml(r)
+    assert config.count(good) == 1, good
+    code, err, _ = run_herald(binary, r, "ingest", config.replace(good, bad))
+    assert code == 2, err
+    assert f"`{key}`" in err, err

@@ -4,6 +4,7 @@ copies of deploy/grafana/herald.json and deploy/prometheus/alerts.yml the chart 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -14,6 +15,27 @@ COPIES = [
     ("files/herald.json", "deploy/grafana/herald.json"),
     ("files/alerts.yml", "deploy/prometheus/alerts.yml"),
 ]
+
+METRIC = re.compile(r"\bherald_[a-z0-9_]+")
+HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
+
+
+def known_metrics() -> set[str]:
+    """Metric families Herald registers: the "herald_..." string literals of the Rust sources."""
+    names: set[str] = set()
+    for source in (REPO / "crates").glob("*/src/**/*.rs"):
+        names.update(re.findall(r'"(herald_[a-z0-9_]+)"', source.read_text()))
+    return names
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    dashboard = json.loads((CHART / "files/herald.json").read_text())
+    return [(p["title"], t["expr"]) for p in dashboard["panels"] for t in p.get("targets", [])]
+
+
+def alert_rules() -> list[dict]:
+    groups = yaml.safe_load((CHART / "files/alerts.yml").read_text())["groups"]
+    return [r for g in groups for r in g["rules"]]
 
 
 @pytest.mark.parametrize(("copy", "source"), COPIES)
@@ -110,3 +132,82 @@ def test_prometheus_rule_groups_pass_promtool(rendered, tmp_path):
     rules.write_text(yaml.safe_dump({"groups": rendered["external-nats"].one("PrometheusRule")["spec"]["groups"]}))
     result = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_and_alerts_use_metrics_herald_exports():
+    """A misspelt metric is an empty panel or an alert that never fires: every herald_* name in an expression is a
+    family Herald registers (or a histogram's _bucket/_sum/_count series)."""
+    known = known_metrics()
+    if not known:
+        pytest.skip("no Rust sources under crates/")
+    used = [(where, m) for where, expr in dashboard_exprs() for m in METRIC.findall(expr)]
+    used += [(r.get("alert", r.get("record")), m) for r in alert_rules() for m in METRIC.findall(str(r["expr"]))]
+    assert used
+    unknown = [
+        (where, m)
+        for where, m in used
+        if m not in known and not (m.endswith(HISTOGRAM_SERIES) and m.rsplit("_", 1)[0] in known)
+    ]
+    assert unknown == [], unknown
+
+
+def test_dashboard_panels_follow_the_conventions():
+    """Unique panel ids, the ${datasource} variable everywhere, and every Herald selector filtered by $job and
+    $instance."""
+    dashboard = json.loads((CHART / "files/herald.json").read_text())
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)), ids
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == panel["datasource"], panel["title"]
+            for selector in re.findall(r"herald_[a-z0-9_]+(\{[^}]*\})?", target["expr"]):
+                assert 'job=~"$job"' in selector and 'instance=~"$instance"' in selector, (panel["title"], target["expr"])
+
+
+def test_webhooks_row_and_alerts():
+    dashboard = json.loads((CHART / "files/herald.json").read_text())
+    rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
+    assert "Webhooks" in rows
+    # the panels after the Webhooks row
+    start = next(i for i, p in enumerate(dashboard["panels"]) if p["type"] == "row" and p["title"] == "Webhooks")
+    after = dashboard["panels"][start + 1 :]
+    end = next((i for i, p in enumerate(after) if p["type"] == "row"), len(after))
+    exprs = " ".join(t["expr"] for p in after[:end] for t in p["targets"])
+    for metric in (
+        "herald_webhook_events_queued_total",
+        "herald_webhook_events_sent_total",
+        "herald_webhook_events_dead_total",
+        "herald_webhook_retries_total",
+        "herald_webhook_pending_events",
+        "herald_webhook_lag_seconds_bucket",
+    ):
+        assert metric in exprs, metric
+    assert "histogram_quantile(0.5," in exprs and "histogram_quantile(0.99," in exprs
+    rules = {r["alert"]: r for r in alert_rules() if "alert" in r}
+    dead = rules["HeraldWebhookDeadLetters"]
+    assert "increase(herald_webhook_events_dead_total[10m])" in dead["expr"]
+    assert "herald webhooks dead-letters" in dead["annotations"]["description"]
+    assert "herald webhooks replay" in dead["annotations"]["description"]
+    failing = rules["HeraldWebhookReceiverFailing"]
+    assert "herald_webhook_retries_total" in failing["expr"] and "herald_webhook_events_sent_total" in failing["expr"]
+    assert failing["for"] == "10m"
+    for rule in (dead, failing):
+        assert rule["labels"]["severity"] == "warning"
+
+
+def test_every_alert_has_a_runbook_section():
+    """runbook_url is docs/operations.md#<alert name in lower case>, and that section exists."""
+    operations = REPO / "docs/operations.md"
+    headings = set()
+    if operations.exists():
+        headings = {line[4:].strip().lower() for line in operations.read_text().splitlines() if line.startswith("### ")}
+    for rule in alert_rules():
+        if "alert" not in rule:
+            continue
+        anchor = rule["alert"].lower()
+        assert rule["annotations"]["runbook_url"] == f"docs/operations.md#{anchor}", rule["alert"]
+        if headings:
+            assert anchor in headings, f"docs/operations.md has no section ### {rule['alert']}"

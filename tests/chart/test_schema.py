@@ -20,6 +20,13 @@ BAD_VALUES = [
     pytest.param({"apps": {"list": [{"id": "a", "key": "k"}, {"id": "b", "key": "l"}]}}, "/apps/list", id="two-apps-from-env"),
     pytest.param({"apps": {"list": [{"id": "a", "key": "k", "client_event": True}]}}, "client_event", id="typo-in-an-app-key"),
     pytest.param({"apps": {"list": []}}, "/apps/list", id="no-app"),
+    pytest.param({"apps": {"source": "config", "list": [{"id": "a", "key": "k", "secret": "s", "webhooks": [{"url": "ftp://shop.example/hook"}]}]}}, "/apps/list/0/webhooks/0/url", id="webhook-url-not-http"),
+    pytest.param({"apps": {"source": "config", "list": [{"id": "a", "key": "k", "secret": "s", "webhooks": [{"url": "https://shop.example/hook", "events": ["member_joined"]}]}]}}, "/apps/list/0/webhooks/0/events/0", id="unknown-webhook-event"),
+    pytest.param({"apps": {"source": "config", "list": [{"id": "a", "key": "k", "secret": "s", "webhooks": [{"url": "https://shop.example/hook", "event": ["member_added"]}]}]}}, "event", id="typo-in-a-webhook-key"),
+    pytest.param({"apps": {"source": "config", "list": [{"id": "a", "key": "k", "secret": "s", "webhooks": [{"events": ["member_added"]}]}]}}, "url", id="webhook-without-url"),
+    pytest.param({"config": {"webhook_batch_size": 0}}, "/config/webhook_batch_size", id="webhook-batch-size-zero"),
+    pytest.param({"natsClient": {"webhookAckWaitSecs": 0}}, "/natsClient/webhookAckWaitSecs", id="webhook-ack-wait-zero"),
+    pytest.param({"natsClient": {"webhookStream": "herald.webhooks"}}, "/natsClient/webhookStream", id="webhook-stream-with-a-dot"),
     pytest.param({"natsClient": {"servers": ["nats.example.com:4222"]}}, "/natsClient/servers/0", id="nats-url-without-scheme"),
     pytest.param({"natsClient": {"kvReplicas": 7}}, "/natsClient/kvReplicas", id="kv-replicas-over-5"),
     pytest.param({"natsClient": {"tls": {"certKey": "tls.crt"}}}, "/natsClient/tls/keyKey", id="client-cert-without-key"),
@@ -68,6 +75,7 @@ def test_template_checks_beyond_the_schema(chart):
     """Combinations the schema cannot express fail rendering with a message naming the value."""
     cases = [
         ({"apps": {"list": [{"id": "a", "key": "k", "secret": "s", "client_events": True}]}}, "apps.list[0].client_events"),
+        ({"apps": {"list": [{"id": "a", "key": "k", "secret": "s", "webhooks": [{"url": "https://shop.example/hook"}]}]}}, "apps.list[0].webhooks"),
         ({"apps": {"source": "config", "list": [{"id": "a", "key": "k"}]}}, "apps.list[0].secret is empty"),
         ({"natsClient": {"servers": []}}, "natsClient.servers is empty"),
         ({"natsClient": {"tls": {"enabled": True}}}, "natsClient.tls.secretName is required"),

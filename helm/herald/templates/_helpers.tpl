@@ -91,13 +91,29 @@ configMap:
 {{- end }}
 {{- end }}
 
-{{/* A TOML value: strings, numbers and booleans (JSON string escapes are valid TOML basic-string escapes). */}}
+{{/* A TOML value: strings, numbers, booleans, lists (arrays) and maps (inline tables), nested as deep as needed,
+     e.g. a list of maps -> [{ events = ["member_added"], url = "https://..." }]. JSON string escapes are valid TOML
+     basic-string escapes. TOML has no null: null entries of a map are left out. */}}
 {{- define "herald.tomlValue" -}}
 {{- if kindIs "string" . }}{{ toJson . }}
 {{- else if kindIs "bool" . }}{{ ternary "true" "false" . }}
 {{- else if or (kindIs "float64" .) (kindIs "float32" .) }}{{ int64 . }}
+{{- else if kindIs "slice" . }}[{{ range $i, $v := . }}{{ if $i }}, {{ end }}{{ include "herald.tomlValue" $v }}{{ end }}]
+{{- else if kindIs "map" . }}
+{{- $pairs := list }}
+{{- range $k, $v := . }}
+{{- if not (kindIs "invalid" $v) }}
+{{- $pairs = append $pairs (printf "%s = %s" (include "herald.tomlKey" $k) (include "herald.tomlValue" $v)) }}
+{{- end }}
+{{- end }}
+{{- if $pairs }}{ {{ join ", " $pairs }} }{{ else }}{}{{ end }}
 {{- else }}{{ toJson . }}
 {{- end }}
+{{- end }}
+
+{{/* A TOML key: bare when it can be, else a quoted (basic string) key. */}}
+{{- define "herald.tomlKey" -}}
+{{- if regexMatch "^[A-Za-z0-9_-]+$" . }}{{ . }}{{ else }}{{ toJson . }}{{ end }}
 {{- end }}
 
 {{/* KV bucket replicas: the value, or 3 with the NATS dependency clustered, else 1. */}}
@@ -124,6 +140,9 @@ state_bucket = {{ $root.Values.natsClient.stateBucket | toJson }}
 cache_bucket = {{ $root.Values.natsClient.cacheBucket | toJson }}
 kv_replicas = {{ include "herald.kvReplicas" $root }}
 node_ttl = {{ $root.Values.natsClient.nodeTtl | int64 }}
+webhook_stream = {{ $root.Values.natsClient.webhookStream | toJson }}
+webhook_dead_letter_stream = {{ $root.Values.natsClient.webhookDeadLetterStream | toJson }}
+webhook_ack_wait_secs = {{ $root.Values.natsClient.webhookAckWaitSecs | int64 }}
 tls_required = {{ and $root.Values.natsClient.tls.enabled $root.Values.natsClient.tls.required | ternary "true" "false" }}
 {{- if .withApps }}
 {{- range $i, $app := $root.Values.apps.list }}

@@ -97,6 +97,12 @@ function tomlValue(v) {
   if (typeof v === 'string') return JSON.stringify(v); // TOML basic strings accept JSON escapes for our data
   if (typeof v === 'number' || typeof v === 'boolean') return String(v);
   if (Array.isArray(v)) return `[${v.map(tomlValue).join(', ')}]`;
+  if (v && typeof v === 'object') {
+    // inline table, e.g. webhooks = [{ url = "...", events = [...] }]
+    const entries = Object.entries(v).filter(([, x]) => x !== undefined);
+    const k = (key) => (/^[A-Za-z0-9_-]+$/.test(key) ? key : JSON.stringify(key));
+    return entries.length ? `{ ${entries.map(([key, x]) => `${k(key)} = ${tomlValue(x)}`).join(', ')} }` : '{}';
+  }
   throw new Error(`unsupported TOML value ${JSON.stringify(v)}`);
 }
 
