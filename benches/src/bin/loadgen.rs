@@ -75,6 +75,10 @@ enum Mode {
         /// The server's pid, to read its RSS.
         #[arg(long)]
         server_pid: u32,
+        /// Seconds the connections stay open before RSS is read again (the
+        /// steady state of idle connections; the first reading is at 2 s).
+        #[arg(long, default_value_t = 15)]
+        settle: u64,
     },
     /// Connections + subscriptions per second.
     ConnectRate {
@@ -122,7 +126,8 @@ fn main() -> anyhow::Result<()> {
                 target,
                 connections,
                 server_pid,
-            } => idle(&target, connections, server_pid, fd_limit).await,
+                settle,
+            } => idle(&target, connections, server_pid, settle, fd_limit).await,
             Mode::ConnectRate {
                 target,
                 connections,
@@ -338,20 +343,33 @@ fn report_load(load: &GeneratorLoad, threads: usize) {
     }
 }
 
-async fn idle(target: &Target, connections: usize, pid: u32, fd_limit: u64) -> anyhow::Result<()> {
+async fn idle(
+    target: &Target,
+    connections: usize,
+    pid: u32,
+    settle: u64,
+    fd_limit: u64,
+) -> anyhow::Result<()> {
     if connections as u64 + 64 > fd_limit {
         bail!("{connections} connections need more open files than this process may have ({fd_limit}); run several generators");
     }
     let before = rss_kib(pid)?;
     let sockets = open_subscribed(target, connections, |i| format!("idle-{}", i % 100)).await?;
-    // Let allocations settle, then measure while every socket is open.
+    // Measure while every socket is open: shortly after connecting (what the
+    // handshakes left behind included), and once the connections sat idle.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let early = rss_kib(pid)?;
+    tokio::time::sleep(Duration::from_secs(settle.saturating_sub(2))).await;
     let after = rss_kib(pid)?;
-    let per = (after.saturating_sub(before)) as f64 / connections as f64;
-    println!("idle: {connections} subscribed connections; server RSS {before} KiB -> {after} KiB = {per:.2} KiB per connection");
+    let per = |rss: u64| rss.saturating_sub(before) as f64 / connections as f64;
+    println!(
+        "idle: {connections} subscribed connections; server RSS {before} KiB -> {early} KiB after 2 s ({:.2} KiB per connection) -> {after} KiB after {settle} s = {:.2} KiB per connection",
+        per(early),
+        per(after)
+    );
     println!(
         "{}",
-        serde_json::json!({ "mode": "idle", "connections": connections, "rss_before_kib": before, "rss_after_kib": after, "kib_per_connection": per })
+        serde_json::json!({ "mode": "idle", "connections": connections, "settle_secs": settle, "rss_before_kib": before, "rss_after_2s_kib": early, "rss_after_kib": after, "kib_per_connection_after_2s": per(early), "kib_per_connection": per(after) })
     );
     drop(sockets);
     Ok(())

@@ -1,27 +1,30 @@
-//! One WebSocket connection: handshake refusal, the reader and the writer.
+//! One WebSocket connection: handshake refusal, and the connection's task.
 //!
 //! fastwebsockets performs the handshake; reading and writing frames are
 //! ours. The read side is a lean frame reader (`reader`) that holds no buffer
 //! while a connection is idle; the write side takes finished frame bytes
-//! shared by many sockets, which fastwebsockets has no call for. The writer task
-//! drains the bounded outbox, coalescing queued frames into one write, and
-//! also owns the keep-alive clock (server `pusher:ping`, close 4201), so the
-//! reader never has to cancel a half-read frame to serve a timer.
+//! shared by many sockets, which fastwebsockets has no call for.
+//!
+//! One task per connection does everything: it waits at once for the close
+//! signal, the outbox (drained with queued frames coalesced into one write),
+//! the keep-alive and sign-in deadlines, and the next client frame (the reader
+//! is cancel-safe, so serving a timer or a write never loses a half-read
+//! frame). One task instead of a reader and a writer, and nothing allocated
+//! while idle, is what keeps an idle connection at a few KiB
+//! (docs/benchmarks.md).
 
-use crate::peer::Peer;
-use crate::reader::FrameReader;
+use crate::peer::{Inbox, Next, Peer};
+use crate::reader::{FrameReader, Source};
 use crate::session::Session;
 use crate::Gateway;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use herald_protocol::{codes, frame, message};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 
 /// Largest batch of queued frames coalesced into one write.
@@ -45,39 +48,6 @@ impl Refusal {
             app: app.to_owned(),
             label,
         }
-    }
-}
-
-/// When the client last sent anything, shared by reader (writes) and writer (reads).
-pub struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-    /// Bumped on every received frame: "anything since the ping?" is exact,
-    /// even when the answer arrives within the same millisecond.
-    frames: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            frames: AtomicU64::new(0),
-        }
-    }
-
-    pub fn touch(&self) {
-        self.last_ms
-            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-        self.frames.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn last(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-
-    fn frames(&self) -> u64 {
-        self.frames.load(Ordering::Relaxed)
     }
 }
 
@@ -114,14 +84,20 @@ pub async fn run(
 async fn serve_upgraded(gateway: Arc<Gateway>, upgraded: Upgraded, admission: Admission) {
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
-            // Copy what the HTTP layer read ahead, so its buffer is not kept alive.
-            let leftover = parts.read_buf.to_vec();
-            let (read_half, write_half) = parts.io.into_inner().into_split();
-            serve(gateway, read_half, write_half, &leftover, admission).await
+            // Copy what the HTTP layer read ahead and drop its buffer (an
+            // 8 KiB allocation it shares) now, not when the connection ends:
+            // it was most of an idle connection's memory.
+            let hyper::upgrade::Parts { io, read_buf, .. } = parts;
+            let leftover = read_buf.to_vec();
+            drop(read_buf);
+            let (read_half, write_half) = io.into_inner().into_split();
+            // Boxed (here and below): allocated at its own size instead of
+            // inside a task that must also fit the other transport's.
+            Box::pin(serve(gateway, read_half, write_half, &leftover, admission)).await
         }
         Err(upgraded) => {
             let (read_half, write_half) = tokio::io::split(TokioIo::new(upgraded));
-            serve(gateway, read_half, write_half, &[], admission).await
+            Box::pin(serve(gateway, read_half, write_half, &[], admission)).await
         }
     }
 }
@@ -133,8 +109,8 @@ async fn serve<R, W>(
     leftover: &[u8],
     admission: Admission,
 ) where
-    R: AsyncRead + Unpin + Send,
-    W: AsyncWrite + Unpin + Send + 'static,
+    R: Source + Send,
+    W: AsyncWrite + Unpin + Send,
 {
     let app = match admission {
         Ok(app) => app,
@@ -142,11 +118,10 @@ async fn serve<R, W>(
     };
     let metrics = gateway.metrics.clone();
     let socket_id = gateway.next_socket_id();
-    let (outbox, inbox) = mpsc::channel(gateway.settings.outbox_capacity);
     let slow = metrics
         .slow_consumer_disconnects
         .with_label_values(&[&app.id]);
-    let (peer, closed) = Peer::new(socket_id.clone(), outbox, slow);
+    let (peer, inbox) = Peer::new(socket_id.clone(), gateway.settings.outbox_capacity, slow);
     let app_hub = gateway
         .hub
         .app(&app.id)
@@ -167,43 +142,56 @@ async fn serve<R, W>(
         .inc();
     tracing::debug!(socket_id = %socket_id, app = %app.id, "connection opened");
 
-    let activity = Arc::new(Activity::new());
-    let writer = tokio::spawn(write_loop(
-        write_half,
-        inbox,
-        peer.clone(),
-        closed.clone(),
-        activity.clone(),
-        gateway.settings.clone(),
-    ));
     peer.send(frame::text(&message::connection_established(
         &socket_id,
         gateway.settings.activity_timeout.as_secs(),
     )));
-
-    let mut reader = FrameReader::new(read_half, leftover, gateway.settings.max_message_bytes);
-
-    let mut session = Session::new(gateway.clone(), app.clone(), peer.clone(), activity);
-    session.run(&mut reader, closed).await;
-    session.finish().await;
-    app_hub.disconnect(&socket_id);
+    let settings = gateway.settings.clone();
+    let mut reader = FrameReader::new(read_half, leftover, settings.max_message_bytes);
+    let mut session = Session::new(gateway.clone(), app.clone(), peer.clone());
+    let healthy = drive(
+        &mut session,
+        &mut reader,
+        &mut write_half,
+        &inbox,
+        &peer,
+        &settings,
+    )
+    .await;
     peer.close(codes::WS_NORMAL, "", "client_closed");
-    let reason = peer.close_reason().map_or("client_closed", |r| r.label);
+    let reason = peer.close_reason().expect("closed above");
+    if healthy {
+        // Flush what was queued before the close (e.g. the `pusher:error`
+        // explaining it), except for a slow consumer, whose backlog is the
+        // problem; then the close frame.
+        let mut bytes = BytesMut::new();
+        if reason.label != "slow_consumer" {
+            while let Some(queued) = inbox.try_recv() {
+                bytes.extend_from_slice(&queued);
+            }
+        }
+        bytes.extend_from_slice(&frame::close(reason.code, &reason.message));
+        write_last(&mut write_half, &bytes).await;
+    }
+    drop(inbox);
+    // Boxed: its state would otherwise be part of every idle connection's task.
+    Box::pin(session.finish()).await;
+    app_hub.disconnect(&socket_id);
     drop(peer);
-    let _ = writer.await;
-    if !matches!(reason, "client_closed" | "client_gone") {
+    if healthy && !matches!(reason.label, "client_closed" | "client_gone") {
         // The server closed: read (and discard) what the client still sends
         // until its Close, briefly, so that dropping the socket with unread
         // data does not reset it before the client has seen our close code.
-        let _ = timeout(CLOSE_WRITE_TIMEOUT, async {
+        let _ = Box::pin(timeout(CLOSE_WRITE_TIMEOUT, async {
             while let Ok(frame) = reader.read().await {
                 if frame.opcode == herald_protocol::frame::OpCode::Close {
                     break;
                 }
             }
-        })
+        }))
         .await;
     }
+    let reason = reason.label;
     metrics.connections.with_label_values(&[&app.id]).dec();
     metrics
         .connections_closed
@@ -226,9 +214,15 @@ async fn refuse<W: AsyncWrite + Unpin>(gateway: &Gateway, write_half: &mut W, re
         &refusal.message,
     )));
     bytes.extend_from_slice(&frame::close(refusal.code, &refusal.message));
+    write_last(write_half, &bytes).await;
+}
+
+/// Writes the last bytes (ending in a close frame) and shuts the socket's
+/// write side, within `CLOSE_WRITE_TIMEOUT`.
+async fn write_last<W: AsyncWrite + Unpin>(io: &mut W, bytes: &[u8]) {
     let _ = timeout(CLOSE_WRITE_TIMEOUT, async {
-        write_half.write_all(&bytes).await?;
-        write_half.shutdown().await
+        io.write_all(bytes).await?;
+        io.shutdown().await
     })
     .await;
 }
@@ -252,91 +246,87 @@ fn written_or_closed(
     }
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut io: W,
-    mut inbox: mpsc::Receiver<Bytes>,
-    peer: Peer,
-    mut closed: tokio::sync::watch::Receiver<Option<crate::peer::CloseReason>>,
-    activity: Arc<Activity>,
-    settings: crate::Settings,
-) {
-    // When the server pinged, and how many frames the client had sent by then.
-    let mut ping_sent: Option<(Instant, u64)> = None;
-    let mut healthy = true;
+/// Runs the connection until it closes: writes queued frames, keeps the
+/// client alive, and hands client frames to the session. Returns false if
+/// the socket failed (nothing more can be written to it).
+async fn drive<R, W>(
+    session: &mut Session,
+    reader: &mut FrameReader<R>,
+    io: &mut W,
+    inbox: &Inbox,
+    peer: &Peer,
+    settings: &crate::Settings,
+) -> bool
+where
+    R: Source,
+    W: AsyncWrite + Unpin,
+{
+    let mut last_frame = Instant::now();
+    // When the server pinged, if it did since the client's last frame.
+    let mut ping_sent: Option<Instant> = None;
     let mut batch = BytesMut::new();
     loop {
-        if ping_sent.is_some_and(|(_, frames)| activity.frames() != frames) {
-            ping_sent = None;
-        }
-        let deadline = match ping_sent {
-            None => activity.last() + settings.activity_timeout,
-            Some((sent, _)) => sent + settings.pong_timeout,
+        let keep_alive = match ping_sent {
+            None => last_frame + settings.activity_timeout,
+            Some(sent) => sent + settings.pong_timeout,
         };
+        let deadline = session
+            .auth_deadline()
+            .map_or(keep_alive, |auth| auth.min(keep_alive));
         tokio::select! {
             biased;
-            _ = closed.changed() => break,
-            next = inbox.recv() => {
-                let Some(first) = next else { break };
+            next = inbox.next() => {
+                let Next::Frame(first) = next else { return true };
                 let outcome = if inbox.is_empty() {
                     timeout(settings.write_timeout, io.write_all(&first)).await
                 } else {
-                    batch.clear();
                     batch.extend_from_slice(&first);
                     while batch.len() < COALESCE_BYTES {
                         match inbox.try_recv() {
-                            Ok(more) => batch.extend_from_slice(&more),
-                            Err(_) => break,
+                            Some(more) => batch.extend_from_slice(&more),
+                            None => break,
                         }
                     }
                     let written = timeout(settings.write_timeout, io.write_all(&batch)).await;
-                    if batch.capacity() > COALESCE_BYTES {
-                        // A burst grew the batch; do not keep that memory per idle socket.
-                        batch = BytesMut::new();
-                    }
+                    // Keep the batch buffer only while frames keep coming: an
+                    // idle socket holds none.
+                    batch = if inbox.is_empty() || batch.capacity() > COALESCE_BYTES {
+                        BytesMut::new()
+                    } else {
+                        batch.clear();
+                        batch
+                    };
                     written
                 };
-                if !written_or_closed(outcome, &peer) {
-                    healthy = false;
-                    break;
+                inbox.release_if_empty();
+                if !written_or_closed(outcome, peer) {
+                    return false;
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
-                match ping_sent {
-                    None if activity.last() + settings.activity_timeout <= Instant::now() => {
-                        // Count frames before writing: a pong may arrive during the write.
-                        let frames = activity.frames();
-                        let ping = frame::text(&message::ping());
-                        let outcome = timeout(settings.write_timeout, io.write_all(&ping)).await;
-                        if !written_or_closed(outcome, &peer) {
-                            healthy = false;
-                            break;
-                        }
-                        ping_sent = Some((Instant::now(), frames));
+                let now = Instant::now();
+                if session.auth_deadline().is_some_and(|auth| auth <= now) {
+                    session.auth_timed_out();
+                } else if ping_sent.is_none() && last_frame + settings.activity_timeout <= now {
+                    let ping = frame::text(&message::ping());
+                    let outcome = timeout(settings.write_timeout, io.write_all(&ping)).await;
+                    if !written_or_closed(outcome, peer) {
+                        return false;
                     }
-                    None => {}
-                    Some((_, frames)) if activity.frames() == frames => {
-                        peer.close(codes::PONG_NOT_RECEIVED, "Pong reply not received", "pong_timeout");
-                    }
-                    Some(_) => {}
+                    ping_sent = Some(Instant::now());
+                } else if ping_sent.is_some_and(|sent| sent + settings.pong_timeout <= now) {
+                    peer.close(codes::PONG_NOT_RECEIVED, "Pong reply not received", "pong_timeout");
+                }
+            }
+            read = reader.read() => {
+                if read.is_ok() {
+                    last_frame = Instant::now();
+                    ping_sent = None;
+                }
+                if !session.on_read(read).await {
+                    return true;
                 }
             }
         }
     }
-    let Some(reason) = peer.close_reason().filter(|_| healthy) else {
-        return;
-    };
-    // Flush what was queued before the close (e.g. the `pusher:error` explaining
-    // it), except for a slow consumer, whose backlog is the problem.
-    batch.clear();
-    if reason.label != "slow_consumer" {
-        while let Ok(queued) = inbox.try_recv() {
-            batch.extend_from_slice(&queued);
-        }
-    }
-    batch.extend_from_slice(&frame::close(reason.code, &reason.message));
-    let _ = timeout(CLOSE_WRITE_TIMEOUT, async {
-        io.write_all(&batch).await?;
-        io.shutdown().await
-    })
-    .await;
 }

@@ -4,12 +4,19 @@
 //! Sending never blocks: a frame goes into the connection's bounded outbox or,
 //! if the outbox is full, the connection is closed as a slow consumer, so one
 //! stalled client can neither grow memory nor hold up fan-out to others.
+//!
+//! The outbox is a plain queue in the peer's own allocation rather than a
+//! channel: it allocates nothing while empty (most sockets, most of the
+//! time) and gives back what a burst grew, which keeps an idle connection
+//! small (docs/benchmarks.md).
 
 use bytes::Bytes;
 use herald_protocol::codes;
+use parking_lot::Mutex;
 use prometheus::IntCounter;
+use std::collections::VecDeque;
 use std::sync::Arc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::Notify;
 
 /// Why and how a connection is being closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,25 +32,91 @@ pub struct Peer(Arc<PeerInner>);
 
 struct PeerInner {
     socket_id: Arc<str>,
-    outbox: mpsc::Sender<Bytes>,
-    close: watch::Sender<Option<CloseReason>>,
+    state: Mutex<State>,
+    /// Wakes the connection's task: a frame was queued, or a close asked for.
+    wake: Notify,
+    capacity: usize,
     slow_consumers: IntCounter,
 }
 
+struct State {
+    frames: VecDeque<Bytes>,
+    /// The first close asked for; the connection closes with it.
+    close: Option<CloseReason>,
+    /// The connection's task is gone: frames are refused.
+    gone: bool,
+}
+
+/// What the connection's task is woken for.
+pub enum Next {
+    Frame(Bytes),
+    /// A close was asked for ([`Peer::close_reason`] says why).
+    Close,
+}
+
+/// The receiving end of a connection's outbox, owned by its task.
+pub struct Inbox(Arc<PeerInner>);
+
+impl Inbox {
+    /// The next queued frame, if any (also after a close was asked for).
+    pub fn try_recv(&self) -> Option<Bytes> {
+        self.0.state.lock().frames.pop_front()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.state.lock().frames.is_empty()
+    }
+
+    /// Gives back the queue's memory once it is drained (idle sockets hold none).
+    pub fn release_if_empty(&self) {
+        let mut state = self.0.state.lock();
+        if state.frames.is_empty() {
+            state.frames = VecDeque::new();
+        }
+    }
+
+    /// Waits for a close request (first) or the next frame. Cancel-safe:
+    /// a frame is only taken when this returns it.
+    pub async fn next(&self) -> Next {
+        loop {
+            {
+                let mut state = self.0.state.lock();
+                if state.close.is_some() {
+                    return Next::Close;
+                }
+                if let Some(frame) = state.frames.pop_front() {
+                    return Next::Frame(frame);
+                }
+            }
+            self.0.wake.notified().await;
+        }
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock();
+        state.gone = true;
+        state.frames = VecDeque::new();
+    }
+}
+
 impl Peer {
-    pub fn new(
-        socket_id: Arc<str>,
-        outbox: mpsc::Sender<Bytes>,
-        slow_consumers: IntCounter,
-    ) -> (Self, watch::Receiver<Option<CloseReason>>) {
-        let (close, closed) = watch::channel(None);
-        let peer = Self(Arc::new(PeerInner {
+    /// A peer whose outbox holds at most `capacity` frames, and the outbox's
+    /// receiving end.
+    pub fn new(socket_id: Arc<str>, capacity: usize, slow_consumers: IntCounter) -> (Self, Inbox) {
+        let inner = Arc::new(PeerInner {
             socket_id,
-            outbox,
-            close,
+            state: Mutex::new(State {
+                frames: VecDeque::new(),
+                close: None,
+                gone: false,
+            }),
+            wake: Notify::new(),
+            capacity,
             slow_consumers,
-        }));
-        (peer, closed)
+        });
+        (Self(inner.clone()), Inbox(inner))
     }
 
     pub fn socket_id(&self) -> &Arc<str> {
@@ -53,14 +126,20 @@ impl Peer {
     /// Queues a finished frame. Returns false if the connection is gone or
     /// was just closed for being too slow.
     pub fn send(&self, frame: Bytes) -> bool {
-        match self.0.outbox.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close_slow_consumer("too many queued messages");
-                false
+        {
+            let mut state = self.0.state.lock();
+            if state.gone {
+                return false;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            if state.frames.len() < self.0.capacity {
+                state.frames.push_back(frame);
+                drop(state);
+                self.0.wake.notify_one();
+                return true;
+            }
         }
+        self.close_slow_consumer("too many queued messages");
+        false
     }
 
     /// Closes a connection that cannot keep up (queue overflow or stalled write), counted once.
@@ -78,21 +157,23 @@ impl Peer {
     /// Asks the connection to close with `code`. The first reason wins;
     /// returns whether this call was it.
     pub fn close(&self, code: u16, message: &str, label: &'static str) -> bool {
-        self.0.close.send_if_modified(|current| {
-            if current.is_some() {
+        {
+            let mut state = self.0.state.lock();
+            if state.close.is_some() {
                 return false;
             }
-            *current = Some(CloseReason {
+            state.close = Some(CloseReason {
                 code,
                 message: message.to_owned(),
                 label,
             });
-            true
-        })
+        }
+        self.0.wake.notify_one();
+        true
     }
 
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.0.close.borrow().clone()
+        self.0.state.lock().close.clone()
     }
 }
 
@@ -102,20 +183,38 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_outbox_closes_the_peer_once_and_counts_it() {
-        let (tx, mut rx) = mpsc::channel(2);
         let counter = IntCounter::new("t", "t").unwrap();
-        let (peer, mut closed) = Peer::new("1.1".into(), tx, counter.clone());
+        let (peer, rx) = Peer::new("1.1".into(), 2, counter.clone());
         assert!(peer.send(Bytes::from_static(b"a")));
         assert!(peer.send(Bytes::from_static(b"b")));
         assert!(!peer.send(Bytes::from_static(b"c")));
         assert!(!peer.send(Bytes::from_static(b"d")));
         assert_eq!(counter.get(), 1);
-        closed.changed().await.unwrap();
+        // The close comes first; what was queued before the overflow is
+        // still there (to flush), nothing more.
+        assert!(matches!(rx.next().await, Next::Close));
         assert_eq!(peer.close_reason().unwrap().code, 4100);
-        // What was queued before the overflow is still there, nothing more.
-        assert_eq!(rx.recv().await.unwrap(), "a");
-        assert_eq!(rx.recv().await.unwrap(), "b");
-        assert!(rx.try_recv().is_err());
+        assert_eq!(rx.try_recv().unwrap(), "a");
+        assert_eq!(rx.try_recv().unwrap(), "b");
+        assert!(rx.try_recv().is_none());
         assert!(!peer.close(4200, "later", "shutdown"));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_wakes_for_a_frame_and_a_gone_writer_refuses_frames() {
+        let counter = IntCounter::new("t", "t").unwrap();
+        let (peer, rx) = Peer::new("1.1".into(), 4, counter);
+        let sender = peer.clone();
+        let waiting = tokio::spawn(async move {
+            match rx.next().await {
+                Next::Frame(frame) => frame,
+                Next::Close => panic!("not closed"),
+            }
+        });
+        tokio::task::yield_now().await;
+        assert!(sender.send(Bytes::from_static(b"x")));
+        assert_eq!(waiting.await.unwrap(), "x");
+        // The task (and its inbox) ended: nothing is queued for nobody.
+        assert!(!peer.send(Bytes::from_static(b"y")));
     }
 }

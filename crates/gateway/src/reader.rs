@@ -26,13 +26,34 @@ pub enum ReadError {
     Frame(FrameError),
 }
 
+/// A byte source that can tell when it has data, so that an idle
+/// connection holds no read buffer while it waits. Sources that cannot tell
+/// (TLS, tests) say "ready" at once and wait with a small buffer instead.
+pub trait Source: AsyncRead + Unpin {
+    fn wait_readable(&self) -> impl std::future::Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+}
+
+impl Source for tokio::net::tcp::OwnedReadHalf {
+    async fn wait_readable(&self) {
+        // An error shows up again in the read that follows.
+        let _ = self.readable().await;
+    }
+}
+
+impl<T: AsyncRead + Unpin> Source for tokio::io::ReadHalf<T> {}
+
+#[cfg(test)]
+impl Source for tokio::io::DuplexStream {}
+
 pub struct FrameReader<R> {
     io: R,
     buf: BytesMut,
     max_payload: usize,
 }
 
-impl<R: AsyncRead + Unpin> FrameReader<R> {
+impl<R: Source> FrameReader<R> {
     /// `leftover`: bytes the HTTP layer read past the handshake.
     pub fn new(io: R, leftover: &[u8], max_payload: usize) -> Self {
         Self {
@@ -62,7 +83,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     });
                 }
                 Some(header) => self.buf.reserve(header.frame_len() - self.buf.len()),
-                None => self.buf.reserve(READ_STEP),
+                None => {
+                    if self.buf.is_empty() {
+                        self.io.wait_readable().await;
+                    }
+                    self.buf.reserve(READ_STEP)
+                }
             }
             match self.io.read_buf(&mut self.buf).await {
                 Ok(0) | Err(_) => return Err(ReadError::Gone),

@@ -5,10 +5,9 @@
 //! interest is removed again in [`Session::finish`], however the connection
 //! ended.
 
-use crate::connection::Activity;
 use crate::hub::watchlist_channel;
-use crate::peer::{CloseReason, Peer};
-use crate::reader::{FrameReader, ReadError};
+use crate::peer::Peer;
+use crate::reader::{Frame, ReadError};
 use crate::Gateway;
 use herald_bus::{BusMessage, Envelope};
 use herald_config::AppConfig;
@@ -23,8 +22,6 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::io::AsyncRead;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Most frames one fragmented message may arrive in (close 1008 beyond).
@@ -60,7 +57,6 @@ pub struct Session {
     gateway: Arc<Gateway>,
     app: Arc<AppConfig>,
     peer: Peer,
-    activity: Arc<Activity>,
     subscriptions: HashMap<String, Subscription>,
     user: Option<User>,
     client_events: TokenBucket,
@@ -115,12 +111,7 @@ fn user_id_of(value: &serde_json::Value) -> Option<String> {
 }
 
 impl Session {
-    pub fn new(
-        gateway: Arc<Gateway>,
-        app: Arc<AppConfig>,
-        peer: Peer,
-        activity: Arc<Activity>,
-    ) -> Self {
+    pub fn new(gateway: Arc<Gateway>, app: Arc<AppConfig>, peer: Peer) -> Self {
         let auth_deadline = app
             .user_authentication_timeout()
             .map(|t| Instant::now() + t);
@@ -130,7 +121,6 @@ impl Session {
             gateway,
             app,
             peer,
-            activity,
             subscriptions: HashMap::new(),
             user: None,
             client_events,
@@ -140,41 +130,35 @@ impl Session {
         }
     }
 
-    /// Reads and handles frames until the socket or the session ends.
-    pub async fn run<R: AsyncRead + Unpin>(
-        &mut self,
-        reader: &mut FrameReader<R>,
-        mut closed: watch::Receiver<Option<CloseReason>>,
-    ) {
-        loop {
-            let auth_deadline = self.auth_deadline.filter(|_| !self.authorized);
-            tokio::select! {
-                biased;
-                _ = closed.changed() => return,
-                _ = tokio::time::sleep_until(auth_deadline.unwrap_or_else(Instant::now)), if auth_deadline.is_some() => {
-                    self.gateway.metrics.auth_failures.with_label_values(&[&self.app.id, "auth_timeout"]).inc();
-                    self.close(
-                        codes::UNAUTHORIZED,
-                        "Connection not authorized within the user authentication timeout",
-                        "auth_timeout",
-                    );
-                    return;
-                }
-                read = reader.read() => {
-                    let keep_going = match read {
-                        Ok(frame) => {
-                            self.activity.touch();
-                            self.on_frame(frame.fin, frame.opcode, &frame.payload).await
-                        }
-                        Err(e) => {
-                            self.on_read_error(e);
-                            false
-                        }
-                    };
-                    if !keep_going {
-                        return;
-                    }
-                }
+    /// While the socket has neither signed in nor subscribed to a private
+    /// or presence channel: when it must have (`user_authentication_timeout`).
+    pub fn auth_deadline(&self) -> Option<Instant> {
+        self.auth_deadline.filter(|_| !self.authorized)
+    }
+
+    /// The socket missed its sign-in deadline: closes it with 4009.
+    pub fn auth_timed_out(&self) {
+        self.gateway
+            .metrics
+            .auth_failures
+            .with_label_values(&[&self.app.id, "auth_timeout"])
+            .inc();
+        self.close(
+            codes::UNAUTHORIZED,
+            "Connection not authorized within the user authentication timeout",
+            "auth_timeout",
+        );
+    }
+
+    /// Handles what the reader returned; false ends the session.
+    pub async fn on_read(&mut self, read: Result<Frame, ReadError>) -> bool {
+        match read {
+            // Boxed: an idle connection's task then holds only the wait for
+            // the next frame, not the largest handler's state.
+            Ok(frame) => Box::pin(self.on_frame(frame.fin, frame.opcode, &frame.payload)).await,
+            Err(e) => {
+                self.on_read_error(e);
+                false
             }
         }
     }
