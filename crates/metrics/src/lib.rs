@@ -370,6 +370,7 @@ impl Metrics {
             counter.with_label_values(&[app]);
         }
         self.webhook_pending.with_label_values(&[app]);
+        self.webhook_lag.with_label_values(&[app]);
         self.auth_failures.with_label_values(&[app, "api"]);
         if !websockets {
             return;
