@@ -14,7 +14,7 @@ use futures::StreamExt;
 use herald_bench::*;
 use herald_protocol::auth;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -171,15 +171,22 @@ async fn open_subscribed(
     Ok(out)
 }
 
-/// Finds `\"<name>\":<digits>` in a frame and returns the number.
-fn field(text: &str, name: &str) -> Option<u64> {
-    let pattern = format!("\\\"{name}\\\":");
-    let start = text.find(&pattern)? + pattern.len();
-    let digits: String = text[start..]
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
+/// Where the sequence number and send timestamp sit in a relayed payload
+/// (`"data":"{\"s\":42,\"t\":…}"`).
+const SEQ: &str = r#"\"s\":"#;
+const SENT_AT: &str = r#"\"t\":"#;
+
+/// Finds `pattern` (`SEQ`, `SENT_AT`) in a frame and returns the number
+/// after it. No allocation: this runs once per delivery.
+fn field(text: &str, pattern: &str) -> Option<u64> {
+    let start = text.find(pattern)? + pattern.len();
+    let digits = text[start..]
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .fold(None, |n: Option<u64>, d| {
+            Some(n.unwrap_or(0) * 10 + u64::from(d - b'0'))
+        });
+    digits
 }
 
 struct Received {
@@ -210,12 +217,15 @@ async fn fanout(
 
     let total_events = rate * duration;
     let per_channel = (total_events as usize).div_ceil(channels) + 1;
-    let done = Arc::new(AtomicBool::new(false));
+    // Readers run until told to stop; no timer per message (that would cost
+    // the generator as much as the delivery it measures).
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let received = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
-    for ws in sockets {
-        let done = done.clone();
+    for mut ws in sockets {
+        let mut stopped = stopped.clone();
+        let received = received.clone();
         readers.push(tokio::spawn(async move {
-            let (_, mut stream) = ws.split();
             let mut seen = vec![false; per_channel];
             let mut r = Received {
                 latencies_us: Vec::new(),
@@ -224,15 +234,16 @@ async fn fanout(
                 last_at: None,
             };
             loop {
-                let next = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
-                let msg = match next {
-                    Ok(Some(Ok(Message::Text(text)))) => text,
-                    Ok(Some(Ok(_))) => continue,
-                    Ok(_) => break,
-                    Err(_) if done.load(Ordering::Relaxed) => break,
-                    Err(_) => continue,
+                let msg = tokio::select! {
+                    biased;
+                    _ = stopped.changed() => break,
+                    next = ws.next() => match next {
+                        Some(Ok(Message::Text(text))) => text,
+                        Some(Ok(_)) => continue,
+                        _ => break,
+                    },
                 };
-                let (Some(seq), Some(ts)) = (field(&msg, "s"), field(&msg, "t")) else {
+                let (Some(seq), Some(ts)) = (field(&msg, SEQ), field(&msg, SENT_AT)) else {
                     continue;
                 };
                 let now = now_micros();
@@ -246,6 +257,7 @@ async fn fanout(
                     Some(_) => r.duplicates += 1,
                     None => {}
                 }
+                received.fetch_add(1, Ordering::Relaxed);
             }
             r
         }));
@@ -285,9 +297,26 @@ async fn fanout(
         p.await?;
     }
     let publish_secs = secs(publish_start);
-    // Drain: readers stop after 200 ms of silence once publishing is over.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    done.store(true, Ordering::Relaxed);
+    let subscribers_per_channel =
+        |c: usize| (0..subscribers).filter(|i| i % channels == c).count() as u64;
+    let expected: u64 = (0..channels)
+        .map(|c| sent_per_channel[c] * subscribers_per_channel(c))
+        .sum();
+    // Drain: until everything arrived, or nothing more for 500 ms (losses).
+    let mut last_count = 0;
+    let mut quiet_since = Instant::now();
+    loop {
+        let count = received.load(Ordering::Relaxed);
+        if count >= expected || quiet_since.elapsed() > Duration::from_millis(500) {
+            break;
+        }
+        if count != last_count {
+            last_count = count;
+            quiet_since = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(true);
     let mut latencies = Vec::new();
     let (mut unique, mut duplicates, mut last) = (0u64, 0u64, publish_start);
     for r in readers {
@@ -302,11 +331,6 @@ async fn fanout(
     let wall = last.duration_since(publish_start);
     let load = generator_load(cpu_time() - cpu_start, wall, threads);
     latencies.sort_unstable();
-    let subscribers_per_channel =
-        |c: usize| (0..subscribers).filter(|i| i % channels == c).count() as u64;
-    let expected: u64 = (0..channels)
-        .map(|c| sent_per_channel[c] * subscribers_per_channel(c))
-        .sum();
     let failed = failures.load(Ordering::Relaxed);
     let lost = expected.saturating_sub(unique);
     let rate_achieved = unique as f64 / wall.as_secs_f64().max(1e-9);
@@ -483,14 +507,14 @@ async fn presence_churn(
 
 #[cfg(test)]
 mod tests {
-    use super::field;
+    use super::{field, SENT_AT, SEQ};
 
     #[test]
     fn reads_fields_from_a_relayed_payload() {
         let frame =
             r#"{"event":"bench","channel":"bench-0","data":"{\"s\":42,\"t\":1700000000000000}"}"#;
-        assert_eq!(field(frame, "s"), Some(42));
-        assert_eq!(field(frame, "t"), Some(1_700_000_000_000_000));
-        assert_eq!(field(frame, "x"), None);
+        assert_eq!(field(frame, SEQ), Some(42));
+        assert_eq!(field(frame, SENT_AT), Some(1_700_000_000_000_000));
+        assert_eq!(field(frame, r#"\"x\":"#), None);
     }
 }

@@ -227,12 +227,21 @@ async fn write_last<W: AsyncWrite + Unpin>(io: &mut W, bytes: &[u8]) {
     .await;
 }
 
-/// True if a timed write succeeded; otherwise closes the peer for the
-/// reason (a failed socket, or a write that stalled: a slow consumer).
-fn written_or_closed(
-    outcome: Result<std::io::Result<()>, tokio::time::error::Elapsed>,
+/// Writes `bytes` within `limit`; true if done, else closes the peer for
+/// the reason (a failed socket, or a write that stalled: a slow consumer).
+/// A write that completes at once (nearly all, to a healthy socket) does
+/// not arm a timer.
+async fn write_or_close<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    bytes: &[u8],
+    limit: Duration,
     peer: &Peer,
 ) -> bool {
+    let mut write = std::pin::pin!(io.write_all(bytes));
+    let outcome = match futures::poll!(write.as_mut()) {
+        std::task::Poll::Ready(done) => Ok(done),
+        std::task::Poll::Pending => timeout(limit, write).await,
+    };
     match outcome {
         Ok(Ok(())) => true,
         Ok(Err(_)) => {
@@ -265,6 +274,9 @@ where
     // When the server pinged, if it did since the client's last frame.
     let mut ping_sent: Option<Instant> = None;
     let mut batch = BytesMut::new();
+    // One timer for the connection's life, moved only when its deadline moves.
+    let timer = tokio::time::sleep_until(last_frame + settings.activity_timeout);
+    tokio::pin!(timer);
     loop {
         let keep_alive = match ping_sent {
             None => last_frame + settings.activity_timeout,
@@ -273,12 +285,15 @@ where
         let deadline = session
             .auth_deadline()
             .map_or(keep_alive, |auth| auth.min(keep_alive));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
         tokio::select! {
             biased;
             next = inbox.next() => {
                 let Next::Frame(first) = next else { return true };
-                let outcome = if inbox.is_empty() {
-                    timeout(settings.write_timeout, io.write_all(&first)).await
+                let written = if inbox.is_empty() {
+                    write_or_close(io, &first, settings.write_timeout, peer).await
                 } else {
                     batch.extend_from_slice(&first);
                     while batch.len() < COALESCE_BYTES {
@@ -287,7 +302,7 @@ where
                             None => break,
                         }
                     }
-                    let written = timeout(settings.write_timeout, io.write_all(&batch)).await;
+                    let written = write_or_close(io, &batch, settings.write_timeout, peer).await;
                     // Keep the batch buffer only while frames keep coming: an
                     // idle socket holds none.
                     batch = if inbox.is_empty() || batch.capacity() > COALESCE_BYTES {
@@ -299,18 +314,17 @@ where
                     written
                 };
                 inbox.release_if_empty();
-                if !written_or_closed(outcome, peer) {
+                if !written {
                     return false;
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => {
+            _ = &mut timer => {
                 let now = Instant::now();
                 if session.auth_deadline().is_some_and(|auth| auth <= now) {
                     session.auth_timed_out();
                 } else if ping_sent.is_none() && last_frame + settings.activity_timeout <= now {
                     let ping = frame::text(&message::ping());
-                    let outcome = timeout(settings.write_timeout, io.write_all(&ping)).await;
-                    if !written_or_closed(outcome, peer) {
+                    if !write_or_close(io, &ping, settings.write_timeout, peer).await {
                         return false;
                     }
                     ping_sent = Some(Instant::now());

@@ -94,6 +94,9 @@ impl Sender {
         let client = reqwest::Client::builder()
             .timeout(delivery.timeout)
             .connect_timeout(delivery.timeout)
+            // A redirect would turn the POST into a body-less GET whose 2XX
+            // would count as delivered: a 3XX is a failure instead.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("herald-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("webhook HTTP client: {e}"))?;

@@ -105,7 +105,9 @@ async function startReceiver({ app = h.APP, path = '/hook', label = 'receiver' }
         entry.status = status;
         entry.answeredAt = Date.now();
         if (res.destroyed || res.writableEnded) return false;
-        res.writeHead(status, { 'content-type': 'text/plain' });
+        // a 3XX points elsewhere on this server: a sender that followed it would send a GET there (invalid)
+        const headers = status >= 300 && status < 400 ? { 'content-type': 'text/plain', location: `${path}-moved` } : { 'content-type': 'text/plain' };
+        res.writeHead(status, headers);
         res.end(status < 300 ? 'ok' : 'nope');
         return true;
       };
@@ -154,7 +156,7 @@ async function startReceiver({ app = h.APP, path = '/hook', label = 'receiver' }
     close,
 
     // --- behaviour
-    /** Answer `status` (500) to the next n requests. */
+    /** Answer `status` (500) to the next n requests (a 3XX with a Location elsewhere on this server). */
     failNext(n, status = 500) {
       mode.fail = n;
       mode.failStatus = status;

@@ -327,6 +327,24 @@ test('a receiver that does not answer within 4 s counts as a failure and the eve
   rx.assertAllValid();
 });
 
+test('a redirect (302) is a failed request, retried at the same URL: the redirect is not followed (a POST would become a GET)', async () => {
+  const rx = await startReceiver();
+  rx.failNext(1, 302);
+  const server = await heraldWith([{ rx, events: ['channel_occupied'] }]);
+  const c = await h.rawConnected(server);
+  await c.subscribeOk('redirected');
+
+  const [ok] = await rx.waitForEvents({ name: 'channel_occupied', channel: 'redirected' }, 1, 10000);
+  const [first, second] = rx.requests;
+  assert.equal(first.status, 302, rx.summary());
+  assert.equal(ok.request, second.index, 'the event was accepted on the retry');
+  assert.equal(second.path, '/hook', 'the retry went to the configured URL, not the redirect target');
+  assert.ok(second.at - first.at >= 1000 - EARLY_MS, `the retry came ${second.at - first.at} ms later: the first backoff is 1 s`);
+  await h.sleep(BATCH_MS + 500);
+  rx.expectCount({ name: 'channel_occupied', channel: 'redirected' }, 1);
+  rx.assertAllValid(); // a followed redirect would have arrived as a GET to /hook-moved
+});
+
 test('dead letters: an event failing for the whole retry window is listed by `herald webhooks dead-letters`, and `herald webhooks replay` delivers it once', async () => {
   const rx = await startReceiver();
   rx.failUntilRecovered();
