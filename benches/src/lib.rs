@@ -267,6 +267,74 @@ pub fn secs(start: Instant) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
+/// Server frames read straight from the socket once a subscriber is set up:
+/// no allocation and no UTF-8 pass per message, so that the generator costs
+/// less than the deliveries it measures (fan-out readers).
+pub struct RawFrames {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl RawFrames {
+    /// Takes over a subscribed socket (plain TCP only).
+    pub fn new(ws: Ws) -> anyhow::Result<Self> {
+        match ws.into_inner() {
+            MaybeTlsStream::Plain(stream) => Ok(Self {
+                stream,
+                buf: Vec::with_capacity(4096),
+                start: 0,
+            }),
+            _ => bail!("raw frame reading needs a plain TCP socket"),
+        }
+    }
+
+    /// Reads once from the socket, then hands every complete text frame's
+    /// payload to `on_text`. False when the server closed the connection.
+    /// Cancel-safe: bytes read are kept for the next call.
+    pub async fn read_texts(&mut self, mut on_text: impl FnMut(&[u8])) -> std::io::Result<bool> {
+        use tokio::io::AsyncReadExt;
+        if self.start > 0 && self.start * 2 >= self.buf.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(4096);
+        }
+        if self.stream.read_buf(&mut self.buf).await? == 0 {
+            return Ok(false);
+        }
+        while let Some((opcode, header, len)) = server_frame(&self.buf[self.start..]) {
+            let payload = self.start + header..self.start + header + len;
+            match opcode {
+                0x1 => on_text(&self.buf[payload]),
+                0x8 => return Ok(false),
+                _ => {}
+            }
+            self.start += header + len;
+        }
+        Ok(true)
+    }
+}
+
+/// (opcode, header length, payload length) of the complete unmasked frame
+/// at the start of `buf`, if there is one.
+fn server_frame(buf: &[u8]) -> Option<(u8, usize, usize)> {
+    let [b0, b1, ..] = *buf else { return None };
+    let (header, len) = match b1 & 0x7f {
+        126 => (
+            4,
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
+        ),
+        127 => (
+            10,
+            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
+        ),
+        n => (2, n as usize),
+    };
+    (buf.len() >= header + len).then_some((b0 & 0x0f, header, len))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +351,15 @@ mod tests {
             source_address(25_000),
             IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))
         );
+    }
+
+    #[test]
+    fn finds_complete_server_frames_only() {
+        assert_eq!(server_frame(&[0x81, 2, b'h', b'i']), Some((1, 2, 2)));
+        assert_eq!(server_frame(&[0x81, 2, b'h']), None);
+        let mut long = vec![0x81, 126, 0x01, 0x00];
+        long.resize(4 + 256, b'x');
+        assert_eq!(server_frame(&long), Some((1, 4, 256)));
+        assert_eq!(server_frame(&long[..100]), None);
     }
 }

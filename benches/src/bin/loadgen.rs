@@ -10,7 +10,6 @@
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use futures::StreamExt;
 use herald_bench::*;
 use herald_protocol::auth;
 use std::net::SocketAddr;
@@ -18,7 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::Message;
 
 #[derive(Parser)]
 #[command(name = "herald-loadgen", about = "Pusher-protocol load generator")]
@@ -178,10 +176,12 @@ const SENT_AT: &str = r#"\"t\":"#;
 
 /// Finds `pattern` (`SEQ`, `SENT_AT`) in a frame and returns the number
 /// after it. No allocation: this runs once per delivery.
-fn field(text: &str, pattern: &str) -> Option<u64> {
-    let start = text.find(pattern)? + pattern.len();
+fn field(text: &[u8], pattern: &str) -> Option<u64> {
+    let pattern = pattern.as_bytes();
+    let start = text.windows(pattern.len()).position(|w| w == pattern)? + pattern.len();
     let digits = text[start..]
-        .bytes()
+        .iter()
+        .copied()
         .take_while(u8::is_ascii_digit)
         .fold(None, |n: Option<u64>, d| {
             Some(n.unwrap_or(0) * 10 + u64::from(d - b'0'))
@@ -222,9 +222,10 @@ async fn fanout(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let received = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
-    for mut ws in sockets {
+    for ws in sockets {
         let mut stopped = stopped.clone();
         let received = received.clone();
+        let mut frames = RawFrames::new(ws)?;
         readers.push(tokio::spawn(async move {
             let mut seen = vec![false; per_channel];
             let mut r = Received {
@@ -233,21 +234,11 @@ async fn fanout(
                 duplicates: 0,
                 last_at: None,
             };
-            loop {
-                let msg = tokio::select! {
-                    biased;
-                    _ = stopped.changed() => break,
-                    next = ws.next() => match next {
-                        Some(Ok(Message::Text(text))) => text,
-                        Some(Ok(_)) => continue,
-                        _ => break,
-                    },
+            let mut on_text = |msg: &[u8]| {
+                let (Some(seq), Some(ts)) = (field(msg, SEQ), field(msg, SENT_AT)) else {
+                    return;
                 };
-                let (Some(seq), Some(ts)) = (field(&msg, SEQ), field(&msg, SENT_AT)) else {
-                    continue;
-                };
-                let now = now_micros();
-                r.latencies_us.push(now.saturating_sub(ts));
+                r.latencies_us.push(now_micros().saturating_sub(ts));
                 r.last_at = Some(Instant::now());
                 match seen.get_mut(seq as usize) {
                     Some(flag) if !*flag => {
@@ -258,6 +249,17 @@ async fn fanout(
                     None => {}
                 }
                 received.fetch_add(1, Ordering::Relaxed);
+            };
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = stopped.changed() => break,
+                    more = frames.read_texts(&mut on_text) => {
+                        if !matches!(more, Ok(true)) {
+                            break;
+                        }
+                    }
+                }
             }
             r
         }));
@@ -513,6 +515,7 @@ mod tests {
     fn reads_fields_from_a_relayed_payload() {
         let frame =
             r#"{"event":"bench","channel":"bench-0","data":"{\"s\":42,\"t\":1700000000000000}"}"#;
+        let frame = frame.as_bytes();
         assert_eq!(field(frame, SEQ), Some(42));
         assert_eq!(field(frame, SENT_AT), Some(1_700_000_000_000_000));
         assert_eq!(field(frame, r#"\"x\":"#), None);

@@ -292,29 +292,7 @@ where
             biased;
             next = inbox.next() => {
                 let Next::Frame(first) = next else { return true };
-                let written = if inbox.is_empty() {
-                    write_or_close(io, &first, settings.write_timeout, peer).await
-                } else {
-                    batch.extend_from_slice(&first);
-                    while batch.len() < COALESCE_BYTES {
-                        match inbox.try_recv() {
-                            Some(more) => batch.extend_from_slice(&more),
-                            None => break,
-                        }
-                    }
-                    let written = write_or_close(io, &batch, settings.write_timeout, peer).await;
-                    // Keep the batch buffer only while frames keep coming: an
-                    // idle socket holds none.
-                    batch = if inbox.is_empty() || batch.capacity() > COALESCE_BYTES {
-                        BytesMut::new()
-                    } else {
-                        batch.clear();
-                        batch
-                    };
-                    written
-                };
-                inbox.release_if_empty();
-                if !written {
+                if !flush(io, first, inbox, &mut batch, settings, peer).await {
                     return false;
                 }
             }
@@ -337,10 +315,88 @@ where
                     last_frame = Instant::now();
                     ping_sent = None;
                 }
-                if !session.on_read(read).await {
-                    return true;
+                // Boxed: allocated only while a frame is handled, not part of
+                // every idle connection's task.
+                match Box::pin(handle(session, read, io, inbox, &mut batch, settings, peer)).await {
+                    Handled::Continue => {}
+                    Handled::End => return true,
+                    Handled::Failed => return false,
                 }
             }
         }
     }
+}
+
+enum Handled {
+    Continue,
+    /// The session ended or a close was asked for.
+    End,
+    /// The socket failed while writing.
+    Failed,
+}
+
+/// Hands a client frame to the session. A handler may wait (cluster state
+/// writes): what is queued meanwhile, broadcasts included, goes out without
+/// waiting for it.
+async fn handle<W: AsyncWrite + Unpin>(
+    session: &mut Session,
+    read: Result<crate::reader::Frame, crate::reader::ReadError>,
+    io: &mut W,
+    inbox: &Inbox,
+    batch: &mut BytesMut,
+    settings: &crate::Settings,
+    peer: &Peer,
+) -> Handled {
+    let handling = session.on_read(read);
+    tokio::pin!(handling);
+    let (mut closing, mut failed) = (false, false);
+    let keep_going = loop {
+        tokio::select! {
+            biased;
+            keep_going = &mut handling => break keep_going,
+            next = inbox.next(), if !closing && !failed => match next {
+                Next::Frame(first) => failed = !flush(io, first, inbox, batch, settings, peer).await,
+                Next::Close => closing = true,
+            },
+        }
+    };
+    match (failed, closing || !keep_going) {
+        (true, _) => Handled::Failed,
+        (false, true) => Handled::End,
+        (false, false) => Handled::Continue,
+    }
+}
+
+/// Writes `first` and whatever else is queued (coalesced, up to
+/// `COALESCE_BYTES`); false if the socket failed or stalled.
+async fn flush<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    first: bytes::Bytes,
+    inbox: &Inbox,
+    batch: &mut BytesMut,
+    settings: &crate::Settings,
+    peer: &Peer,
+) -> bool {
+    let written = if inbox.is_empty() {
+        write_or_close(io, &first, settings.write_timeout, peer).await
+    } else {
+        batch.extend_from_slice(&first);
+        while batch.len() < COALESCE_BYTES {
+            match inbox.try_recv() {
+                Some(more) => batch.extend_from_slice(&more),
+                None => break,
+            }
+        }
+        let written = write_or_close(io, batch, settings.write_timeout, peer).await;
+        // Keep the batch buffer only while frames keep coming: an idle
+        // socket holds none.
+        if inbox.is_empty() || batch.capacity() > COALESCE_BYTES {
+            *batch = BytesMut::new();
+        } else {
+            batch.clear();
+        }
+        written
+    };
+    inbox.release_if_empty();
+    written
 }
