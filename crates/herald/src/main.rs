@@ -326,17 +326,14 @@ async fn run(
         ))
     });
 
-    let listener = TcpListener::bind(bind)
-        .await
-        .with_context(|| format!("cannot bind {bind}"))?;
+    let listener = listen(bind).with_context(|| format!("cannot bind {bind}"))?;
     let header_timeout = Duration::from_secs(config.header_timeout);
     let tls_listener = match (config.tls_bind, &config.tls_cert, &config.tls_key) {
         (Some(tls_bind), Some(cert), Some(key)) => {
             let tls = tls::Tls::new(cert, key)?;
             tokio::spawn(tls.clone().watch());
-            let tls_listener = TcpListener::bind(tls_bind)
-                .await
-                .with_context(|| format!("cannot bind {tls_bind}"))?;
+            let tls_listener =
+                listen(tls_bind).with_context(|| format!("cannot bind {tls_bind}"))?;
             tracing::info!(%tls_bind, "TLS listener (wss/https)");
             let (gateway, ingest) = (gateway.clone(), ingest.clone());
             Some(tokio::spawn(async move {
@@ -417,6 +414,24 @@ async fn run(
     }
     tracing::info!("herald stopped");
     Ok(())
+}
+
+/// Pending connections the kernel may queue for `accept` (capped by
+/// `net.core.somaxconn`). The default of 128 overflows under a burst of
+/// connects (a reconnect storm, the connect-rate benchmark) and the client
+/// then waits a full second for its SYN to be retransmitted.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a client listener with a backlog fit for connection bursts.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 async fn serve_connection<S>(
