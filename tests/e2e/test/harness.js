@@ -355,6 +355,35 @@ async function startHerald(opts = {}) {
   return server;
 }
 
+/**
+ * Start standalone Herald with the config text `toml` (no PUSHER_APP_* from the environment) and wait (bounded) for
+ * it to exit, as it must on an invalid config. Returns {code, stderr, stdout}.
+ */
+async function runInvalidConfig(toml) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-e2e-bad-'));
+  const file = path.join(dir, 'bad.toml');
+  fs.writeFileSync(file, toml);
+  const port = await freePort();
+  const mport = await freePort();
+  const child = spawnHerald(['standalone', '--config', file, '--bind', `127.0.0.1:${port}`, '--metrics-bind', `127.0.0.1:${mport}`], {
+    env: { HERALD_CONFIG: undefined, HERALD_BIND: undefined, HERALD_METRICS_BIND: undefined, PUSHER_APP_ID: undefined, PUSHER_APP_KEY: undefined, PUSHER_APP_SECRET: undefined },
+  });
+  track(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  let stderr = '';
+  let stdout = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  child.stdout.on('data', (d) => (stdout += d));
+  const code = await withTimeout(
+    new Promise((resolve) => child.on('exit', (c) => resolve(c))),
+    10000,
+    'herald to exit on an invalid config',
+  );
+  return { code, stderr, stdout };
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // raw WebSocket client
 
@@ -970,6 +999,7 @@ function customAuthOptions(server, userId, userInfo) {
 }
 
 module.exports = {
+  runInvalidConfig,
   APP,
   ENCRYPTION_MASTER_KEY_BASE64,
   HERALD_BIN,

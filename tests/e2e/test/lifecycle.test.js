@@ -38,33 +38,9 @@ test('SIGTERM with no clients exits 0 promptly', async () => {
   assert.ok(Date.now() - started < 3000);
 });
 
-async function runInvalidConfig(toml) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-e2e-bad-'));
-  const file = path.join(dir, 'bad.toml');
-  fs.writeFileSync(file, toml);
-  const port = await h.freePort();
-  const mport = await h.freePort();
-  const child = h.spawnHerald(['standalone', '--config', file, '--bind', `127.0.0.1:${port}`, '--metrics-bind', `127.0.0.1:${mport}`], {
-    env: NO_ENV_APP,
-  });
-  h.track(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  let stderr = '';
-  let stdout = '';
-  child.stderr.on('data', (d) => (stderr += d));
-  child.stdout.on('data', (d) => (stdout += d));
-  const code = await h.withTimeout(
-    new Promise((resolve) => child.on('exit', (c) => resolve(c))),
-    10000,
-    'herald to exit on an invalid config',
-  );
-  return { code, stderr, stdout };
-}
 
 test('invalid config: a wrongly typed value exits non-zero and names the key', async () => {
-  const { code, stderr, stdout } = await runInvalidConfig(
+  const { code, stderr, stdout } = await h.runInvalidConfig(
     'activity_timeout = 120\n\n[[apps]]\nid = "1"\nkey = "k"\nsecret = "s"\nmax_presence_members = "lots"\n',
   );
   assert.notEqual(code, 0);
@@ -73,25 +49,25 @@ test('invalid config: a wrongly typed value exits non-zero and names the key', a
 });
 
 test('invalid config: a missing required app field exits non-zero and names the key', async () => {
-  const { code, stderr } = await runInvalidConfig('[[apps]]\nid = "1"\nkey = "k"\n');
+  const { code, stderr } = await h.runInvalidConfig('[[apps]]\nid = "1"\nkey = "k"\n');
   assert.notEqual(code, 0);
   assert.match(stderr, /apps\[0\]\.secret|secret/, `stderr names the missing key: ${stderr}`);
 });
 
 test('invalid config: a top-level value of the wrong type names the key', async () => {
-  const { code, stderr } = await runInvalidConfig('activity_timeout = "soon"\n\n[[apps]]\nid = "1"\nkey = "k"\nsecret = "s"\n');
+  const { code, stderr } = await h.runInvalidConfig('activity_timeout = "soon"\n\n[[apps]]\nid = "1"\nkey = "k"\nsecret = "s"\n');
   assert.notEqual(code, 0);
   assert.match(stderr, /activity_timeout/, stderr);
 });
 
 test('invalid config: activity_timeout = 0 is rejected (pusher-js refuses a handshake without one)', async () => {
-  const { code, stderr } = await runInvalidConfig('activity_timeout = 0\n\n[[apps]]\nid = "1"\nkey = "k"\nsecret = "s"\n');
+  const { code, stderr } = await h.runInvalidConfig('activity_timeout = 0\n\n[[apps]]\nid = "1"\nkey = "k"\nsecret = "s"\n');
   assert.notEqual(code, 0, stderr);
   assert.match(stderr, /activity_timeout/, stderr);
 });
 
 test('invalid config: unparsable TOML exits non-zero', async () => {
-  const { code, stderr } = await runInvalidConfig('[[apps]\nid = \n');
+  const { code, stderr } = await h.runInvalidConfig('[[apps]\nid = \n');
   assert.notEqual(code, 0, stderr);
 });
 

@@ -7,9 +7,6 @@
 //   receiver that does not answer within 4 s; dead letters listed and replayed with the `herald webhooks` CLI;
 // - invalid webhook config refused at startup (exit 2, naming the key).
 // Each test has its own Herald and receiver(s). Waits are bounded; fixed sleeps only prove an absence.
-const fs = require('node:fs');
-const os = require('node:os');
-const path = require('node:path');
 const h = require('./harness');
 const { startReceiver, metric, waitMetric, cliJson } = require('./webhook-receiver');
 const { test, assert } = h;
@@ -389,46 +386,21 @@ test('dead letters: an event failing for the whole retry window is listed by `he
   rx.assertAllValid();
 });
 
-async function runInvalidConfig(toml) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-e2e-bad-'));
-  const file = path.join(dir, 'bad.toml');
-  fs.writeFileSync(file, toml);
-  const port = await h.freePort();
-  const mport = await h.freePort();
-  const child = h.spawnHerald(['standalone', '--config', file, '--bind', `127.0.0.1:${port}`, '--metrics-bind', `127.0.0.1:${mport}`], {
-    env: { HERALD_CONFIG: undefined, HERALD_BIND: undefined, HERALD_METRICS_BIND: undefined },
-  });
-  h.track(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  let stderr = '';
-  let stdout = '';
-  child.stderr.on('data', (d) => (stderr += d));
-  child.stdout.on('data', (d) => (stdout += d));
-  const code = await h.withTimeout(
-    new Promise((resolve) => child.on('exit', (c) => resolve(c))),
-    10000,
-    'herald to exit on an invalid webhook config',
-  );
-  return { code, stderr, stdout };
-}
-
 test('invalid webhook config: a non-http(s) url or an unknown event kind exits 2 naming the key', async () => {
   const base = (webhooks) => h.toToml({ apps: [{ ...h.APP, webhooks }] });
   for (const url of ['ftp://127.0.0.1/hook', 'not a url', '127.0.0.1:8080/hook']) {
-    const { code, stderr, stdout } = await runInvalidConfig(base([{ url }]));
+    const { code, stderr, stdout } = await h.runInvalidConfig(base([{ url }]));
     assert.equal(code, 2, `url ${url}: exit code 2 (stderr: ${stderr}; stdout: ${stdout})`);
     assert.ok(stderr.includes('apps[0].webhooks[0].url'), `url ${url}: stderr names apps[0].webhooks[0].url:\n${stderr}\nstdout:\n${stdout}`);
   }
   {
-    const { code, stderr, stdout } = await runInvalidConfig(base([{ url: 'http://127.0.0.1:1/hook', events: ['member_added', 'channel_exploded'] }]));
+    const { code, stderr, stdout } = await h.runInvalidConfig(base([{ url: 'http://127.0.0.1:1/hook', events: ['member_added', 'channel_exploded'] }]));
     assert.equal(code, 2, `unknown event kind: exit code 2 (stderr: ${stderr}; stdout: ${stdout})`);
     assert.ok(stderr.includes('apps[0].webhooks[0].events'), `stderr names apps[0].webhooks[0].events:\n${stderr}\nstdout:\n${stdout}`);
   }
   {
     // the index points at the offending receiver
-    const { code, stderr } = await runInvalidConfig(base([{ url: 'https://127.0.0.1/ok' }, { url: 'mailto:ops@example.com' }]));
+    const { code, stderr } = await h.runInvalidConfig(base([{ url: 'https://127.0.0.1/ok' }, { url: 'mailto:ops@example.com' }]));
     assert.equal(code, 2, stderr);
     assert.ok(stderr.includes('apps[0].webhooks[1].url'), `stderr names apps[0].webhooks[1].url:\n${stderr}`);
   }
