@@ -267,32 +267,123 @@ pub fn secs(start: Instant) -> f64 {
     start.elapsed().as_secs_f64()
 }
 
-/// Server frames read straight from the socket once a subscriber is set up:
-/// no allocation and no UTF-8 pass per message, so that the generator costs
-/// less than the deliveries it measures (fan-out readers).
+/// A subscriber connection spoken without a WebSocket library: the bulk
+/// modes (fan-out, idle, connect-rate) open thousands of them, and the
+/// generator must cost less than what it measures. Server frames are parsed
+/// straight from the socket: no allocation and no UTF-8 pass per message.
 pub struct RawFrames {
     stream: TcpStream,
     buf: Vec<u8>,
     start: usize,
 }
 
+/// Opens a Pusher connection and subscribes it to the public `channel`.
+pub async fn subscribe_raw(
+    server: SocketAddr,
+    key: &str,
+    n: usize,
+    channel: &str,
+) -> anyhow::Result<RawFrames> {
+    use tokio::io::AsyncWriteExt;
+    let socket = TcpSocket::new_v4()?;
+    if server.ip().is_loopback() {
+        socket.bind(SocketAddr::new(source_address(n), 0))?;
+    }
+    let mut stream = socket.connect(server).await.context("TCP connect")?;
+    stream.set_nodelay(true)?;
+    let request = format!(
+        "GET /app/{key}?protocol=7&client=herald-loadgen&version=1 HTTP/1.1\r\nHost: {server}\r\n\
+         Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: aGVyYWxkLWxvYWRnZW4hIQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut frames = RawFrames {
+        stream,
+        buf: Vec::with_capacity(4096),
+        start: 0,
+    };
+    frames.read_head().await.context("WebSocket handshake")?;
+    frames
+        .wait_for(b"pusher:connection_established")
+        .await
+        .context("connection_established")?;
+    let subscribe =
+        format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"{channel}"}}}}"#);
+    frames
+        .stream
+        .write_all(&masked_text_frame(subscribe.as_bytes()))
+        .await?;
+    frames
+        .wait_for(b"pusher_internal:subscription_succeeded")
+        .await
+        .with_context(|| format!("subscription to {channel}"))?;
+    Ok(frames)
+}
+
+/// A client text frame (masked, as clients must).
+fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x81];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&MASK);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    frame
+}
+
 impl RawFrames {
-    /// Takes over a subscribed socket (plain TCP only).
-    pub fn new(ws: Ws) -> anyhow::Result<Self> {
-        match ws.into_inner() {
-            MaybeTlsStream::Plain(stream) => Ok(Self {
-                stream,
-                buf: Vec::with_capacity(4096),
-                start: 0,
-            }),
-            _ => bail!("raw frame reading needs a plain TCP socket"),
+    /// Reads the handshake response up to its blank line; it must be a 101.
+    async fn read_head(&mut self) -> anyhow::Result<()> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                if !self.buf.starts_with(b"HTTP/1.1 101") {
+                    let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                    bail!("expected 101 Switching Protocols, got: {head}");
+                }
+                self.start = end + 4;
+                return Ok(());
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                bail!("connection closed during the handshake");
+            }
         }
     }
 
-    /// Reads once from the socket, then hands every complete text frame's
-    /// payload to `on_text`. False when the server closed the connection.
-    /// Cancel-safe: bytes read are kept for the next call.
-    pub async fn read_texts(&mut self, mut on_text: impl FnMut(&[u8])) -> std::io::Result<bool> {
+    /// Reads until a text frame containing `marker` arrives; an error
+    /// event or a close before it fails.
+    async fn wait_for(&mut self, marker: &[u8]) -> anyhow::Result<()> {
+        let contains = |text: &[u8], what: &[u8]| text.windows(what.len()).any(|w| w == what);
+        loop {
+            let (mut found, mut refused) = (false, None);
+            let open = self
+                .process_buffered(|text| {
+                    if contains(text, marker) {
+                        found = true;
+                    } else if contains(text, b"pusher:error") || contains(text, b"subscription_error") {
+                        refused = Some(String::from_utf8_lossy(text).into_owned());
+                    }
+                })
+                && (found || refused.is_some() || self.fill().await?);
+            if let Some(refusal) = refused {
+                bail!("refused: {refusal}");
+            }
+            if found {
+                return Ok(());
+            }
+            if !open {
+                bail!("connection closed");
+            }
+        }
+    }
+
+    /// Reads more bytes from the socket; false at end of stream.
+    async fn fill(&mut self) -> std::io::Result<bool> {
         use tokio::io::AsyncReadExt;
         if self.start > 0 && self.start * 2 >= self.buf.len() {
             self.buf.drain(..self.start);
@@ -301,19 +392,29 @@ impl RawFrames {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(4096);
         }
-        if self.stream.read_buf(&mut self.buf).await? == 0 {
-            return Ok(false);
-        }
+        Ok(self.stream.read_buf(&mut self.buf).await? > 0)
+    }
+
+    /// Hands every complete buffered text frame to `on_text`; false if a
+    /// close frame came.
+    fn process_buffered(&mut self, mut on_text: impl FnMut(&[u8])) -> bool {
         while let Some((opcode, header, len)) = server_frame(&self.buf[self.start..]) {
             let payload = self.start + header..self.start + header + len;
+            self.start += header + len;
             match opcode {
                 0x1 => on_text(&self.buf[payload]),
-                0x8 => return Ok(false),
+                0x8 => return false,
                 _ => {}
             }
-            self.start += header + len;
         }
-        Ok(true)
+        true
+    }
+
+    /// Reads once from the socket, then hands every complete text frame's
+    /// payload to `on_text`. False when the server closed the connection.
+    /// Cancel-safe: bytes read are kept for the next call.
+    pub async fn read_texts(&mut self, on_text: impl FnMut(&[u8])) -> std::io::Result<bool> {
+        Ok(self.fill().await? && self.process_buffered(on_text))
     }
 }
 

@@ -147,7 +147,7 @@ async fn open_subscribed(
     target: &Target,
     count: usize,
     channel: impl Fn(usize) -> String,
-) -> anyhow::Result<Vec<Ws>> {
+) -> anyhow::Result<Vec<RawFrames>> {
     let limit = Arc::new(Semaphore::new(target.concurrency));
     let mut tasks = Vec::with_capacity(count);
     for i in 0..count {
@@ -157,9 +157,7 @@ async fn open_subscribed(
         let limit = limit.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = limit.acquire().await?;
-            let (mut ws, _) = connect(server, &key, i).await?;
-            subscribe(&mut ws, &name, None, None).await?;
-            anyhow::Ok(ws)
+            subscribe_raw(server, &key, i, &name).await
         }));
     }
     let mut out = Vec::with_capacity(count);
@@ -222,10 +220,9 @@ async fn fanout(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let received = Arc::new(AtomicU64::new(0));
     let mut readers = Vec::new();
-    for ws in sockets {
+    for mut frames in sockets {
         let mut stopped = stopped.clone();
         let received = received.clone();
-        let mut frames = RawFrames::new(ws)?;
         readers.push(tokio::spawn(async move {
             let mut seen = vec![false; per_channel];
             let mut r = Received {
