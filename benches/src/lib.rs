@@ -307,8 +307,7 @@ pub async fn subscribe_raw(
         .wait_for(b"pusher:connection_established")
         .await
         .context("connection_established")?;
-    let subscribe =
-        format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"{channel}"}}}}"#);
+    let subscribe = format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"{channel}"}}}}"#);
     frames
         .stream
         .write_all(&masked_text_frame(subscribe.as_bytes()))
@@ -361,15 +360,13 @@ impl RawFrames {
         let contains = |text: &[u8], what: &[u8]| text.windows(what.len()).any(|w| w == what);
         loop {
             let (mut found, mut refused) = (false, None);
-            let open = self
-                .process_buffered(|text| {
-                    if contains(text, marker) {
-                        found = true;
-                    } else if contains(text, b"pusher:error") || contains(text, b"subscription_error") {
-                        refused = Some(String::from_utf8_lossy(text).into_owned());
-                    }
-                })
-                && (found || refused.is_some() || self.fill().await?);
+            let open = self.process_buffered(|text| {
+                if contains(text, marker) {
+                    found = true;
+                } else if contains(text, b"pusher:error") || contains(text, b"subscription_error") {
+                    refused = Some(String::from_utf8_lossy(text).into_owned());
+                }
+            }) && (found || refused.is_some() || self.fill().await?);
             if let Some(refusal) = refused {
                 bail!("refused: {refusal}");
             }
