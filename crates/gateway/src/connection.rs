@@ -16,6 +16,7 @@
 use crate::peer::{Inbox, Next, Peer};
 use crate::reader::{FrameReader, Source};
 use crate::session::Session;
+use crate::upgrade_response::DeferUpgradeResponse;
 use crate::Gateway;
 use bytes::BytesMut;
 use herald_protocol::{codes, frame, message};
@@ -82,7 +83,7 @@ pub async fn run(
 }
 
 async fn serve_upgraded(gateway: Arc<Gateway>, upgraded: Upgraded, admission: Admission) {
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
+    match upgraded.downcast::<TokioIo<DeferUpgradeResponse<TcpStream>>>() {
         Ok(parts) => {
             // Copy what the HTTP layer read ahead and drop its buffer (an
             // 8 KiB allocation it shares) now, not when the connection ends:

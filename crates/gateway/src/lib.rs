@@ -12,6 +12,9 @@ pub mod hub;
 pub mod peer;
 mod reader;
 mod session;
+mod upgrade_response;
+
+pub use upgrade_response::DeferUpgradeResponse;
 
 use bytes::Bytes;
 use herald_bus::{Bus, BusMessage};

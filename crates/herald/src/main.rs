@@ -466,7 +466,12 @@ async fn serve_connection<S>(
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(stream), service)
+        // The 101 of a WebSocket handshake goes out with the connection's
+        // first frame, in one write (herald_gateway::DeferUpgradeResponse).
+        .serve_connection(
+            TokioIo::new(herald_gateway::DeferUpgradeResponse::new(stream)),
+            service,
+        )
         .with_upgrades()
         .await;
 }
