@@ -22,14 +22,23 @@ pub fn source_address(n: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (n / PER_SOURCE_ADDRESS) as u8))
 }
 
-/// Opens a Pusher WebSocket and returns it with its socket id.
-pub async fn connect(server: SocketAddr, key: &str, n: usize) -> anyhow::Result<(Ws, String)> {
+/// TCP connection number `n` to `server`. On loopback, connections past
+/// the first 25,000 bind a further 127.0.0.x source address; the first keep
+/// the kernel's choice (127.0.0.1), which spares a `bind` and its port
+/// search per connection.
+async fn tcp_connect(server: SocketAddr, n: usize) -> anyhow::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
-    if server.ip().is_loopback() {
+    if server.ip().is_loopback() && n >= PER_SOURCE_ADDRESS {
         socket.bind(SocketAddr::new(source_address(n), 0))?;
     }
     let stream = socket.connect(server).await.context("TCP connect")?;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Opens a Pusher WebSocket and returns it with its socket id.
+pub async fn connect(server: SocketAddr, key: &str, n: usize) -> anyhow::Result<(Ws, String)> {
+    let stream = tcp_connect(server, n).await?;
     let url = format!("ws://{server}/app/{key}?protocol=7&client=herald-loadgen&version=1");
     let (mut ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
         .await
@@ -285,12 +294,7 @@ pub async fn subscribe_raw(
     channel: &str,
 ) -> anyhow::Result<RawFrames> {
     use tokio::io::AsyncWriteExt;
-    let socket = TcpSocket::new_v4()?;
-    if server.ip().is_loopback() {
-        socket.bind(SocketAddr::new(source_address(n), 0))?;
-    }
-    let mut stream = socket.connect(server).await.context("TCP connect")?;
-    stream.set_nodelay(true)?;
+    let mut stream = tcp_connect(server, n).await?;
     let request = format!(
         "GET /app/{key}?protocol=7&client=herald-loadgen&version=1 HTTP/1.1\r\nHost: {server}\r\n\
          Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: aGVyYWxkLWxvYWRnZW4hIQ==\r\n\
@@ -360,12 +364,14 @@ impl RawFrames {
         let contains = |text: &[u8], what: &[u8]| text.windows(what.len()).any(|w| w == what);
         loop {
             let (mut found, mut refused) = (false, None);
+            // Stops at the marker: frames after it are the caller's.
             let open = self.process_buffered(|text| {
                 if contains(text, marker) {
                     found = true;
                 } else if contains(text, b"pusher:error") || contains(text, b"subscription_error") {
                     refused = Some(String::from_utf8_lossy(text).into_owned());
                 }
+                found || refused.is_some()
             }) && (found || refused.is_some() || self.fill().await?);
             if let Some(refusal) = refused {
                 bail!("refused: {refusal}");
@@ -392,14 +398,14 @@ impl RawFrames {
         Ok(self.stream.read_buf(&mut self.buf).await? > 0)
     }
 
-    /// Hands every complete buffered text frame to `on_text`; false if a
-    /// close frame came.
-    fn process_buffered(&mut self, mut on_text: impl FnMut(&[u8])) -> bool {
+    /// Hands complete buffered text frames to `on_text` until it returns
+    /// true (stop) or none is left; false if a close frame came.
+    fn process_buffered(&mut self, mut on_text: impl FnMut(&[u8]) -> bool) -> bool {
         while let Some((opcode, header, len)) = server_frame(&self.buf[self.start..]) {
             let payload = self.start + header..self.start + header + len;
             self.start += header + len;
             match opcode {
-                0x1 => on_text(&self.buf[payload]),
+                0x1 if on_text(&self.buf[payload]) => break,
                 0x8 => return false,
                 _ => {}
             }
@@ -407,11 +413,17 @@ impl RawFrames {
         true
     }
 
-    /// Reads once from the socket, then hands every complete text frame's
-    /// payload to `on_text`. False when the server closed the connection.
+    /// Reads once from the socket (unless complete frames are already
+    /// buffered), then hands every complete text frame's payload to `on_text`. False when the server closed the connection.
     /// Cancel-safe: bytes read are kept for the next call.
-    pub async fn read_texts(&mut self, on_text: impl FnMut(&[u8])) -> std::io::Result<bool> {
-        Ok(self.fill().await? && self.process_buffered(on_text))
+    pub async fn read_texts(&mut self, mut on_text: impl FnMut(&[u8])) -> std::io::Result<bool> {
+        // Frames left buffered (after `wait_for`'s marker) come first.
+        let buffered = server_frame(&self.buf[self.start..]).is_some();
+        Ok((buffered || self.fill().await?)
+            && self.process_buffered(|text| {
+                on_text(text);
+                false
+            }))
     }
 }
 
@@ -449,6 +461,33 @@ mod tests {
             source_address(25_000),
             IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))
         );
+    }
+
+    #[tokio::test]
+    async fn frames_after_the_awaited_one_are_left_for_the_reader() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let text = |payload: &[u8]| [&[0x81, payload.len() as u8][..], payload].concat();
+        let both = [text(b"subscription_succeeded"), text(b"event-1")].concat();
+        server.write_all(&both).await.unwrap();
+        let mut frames = RawFrames {
+            stream,
+            buf: Vec::new(),
+            start: 0,
+        };
+        frames.wait_for(b"subscription_succeeded").await.unwrap();
+        let mut got = Vec::new();
+        let read = frames.read_texts(|t| got.push(t.to_vec()));
+        let open = tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(open);
+        assert_eq!(got, [b"event-1".to_vec()]);
     }
 
     #[test]

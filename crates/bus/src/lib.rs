@@ -13,9 +13,9 @@ pub mod nats;
 pub mod subject;
 
 use futures::future::BoxFuture;
+use herald_protocol::unix_millis;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Bumped when [`Envelope`] changes incompatibly; receivers drop other versions.
 pub const ENVELOPE_VERSION: u8 = 1;
@@ -149,13 +149,6 @@ impl Bus for LocalBus {
     ) -> BoxFuture<'static, ()> {
         Box::pin(std::future::ready(()))
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -8,11 +8,12 @@
 use crate::peer::Peer;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use herald_bus::{unix_millis, Bus, BusMessage, Envelope, Sink, ENVELOPE_VERSION};
+use herald_bus::{Bus, BusMessage, Envelope, Sink, ENVELOPE_VERSION};
 use herald_config::AppConfig;
 use herald_metrics::Metrics;
 use herald_presence::{Listener, Origin, Transition};
 use herald_protocol::channel::WATCHLIST_PREFIX;
+use herald_protocol::unix_millis;
 use herald_protocol::{codes, frame, message};
 use parking_lot::RwLock;
 use std::collections::HashMap;

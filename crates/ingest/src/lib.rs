@@ -363,7 +363,7 @@ impl Ingest {
         let Some(timestamp) = param("auth_timestamp").and_then(|t| t.parse::<u64>().ok()) else {
             return fail("auth_timestamp is missing or not a number");
         };
-        let now = herald_bus::unix_millis() / 1000;
+        let now = herald_protocol::unix_millis() / 1000;
         if now.abs_diff(timestamp) > MAX_CLOCK_SKEW_SECS {
             return fail("auth_timestamp is more than 600 s from the server time; check the clock");
         }

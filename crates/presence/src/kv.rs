@@ -389,7 +389,7 @@ impl Inner {
             .publish_with_headers(
                 subject,
                 headers,
-                Bytes::from(crate::unix_millis().to_string()),
+                Bytes::from(herald_protocol::unix_millis().to_string()),
             )
             .await
             .map_err(|e| e.to_string())?;

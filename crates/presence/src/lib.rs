@@ -14,6 +14,7 @@
 pub mod kv;
 pub mod view;
 
+use herald_protocol::unix_millis;
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -413,12 +414,6 @@ impl ChannelState {
     pub fn online_among(&self, app: &str, candidates: &[String]) -> Vec<String> {
         self.view().online_among(app, candidates)
     }
-}
-
-pub(crate) fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

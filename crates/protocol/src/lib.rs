@@ -17,3 +17,12 @@ pub mod token;
 pub mod webhook;
 
 pub use channel::{ChannelKind, ChannelName, ChannelNameError};
+
+/// Wall-clock milliseconds since the Unix epoch (0 for a clock set before
+/// it): the time of bus envelopes, webhook bodies and cache entries, which
+/// other nodes compare with their own clocks.
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

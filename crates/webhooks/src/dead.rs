@@ -5,10 +5,11 @@
 //! them in a JetStream stream for a week.
 
 use crate::queue::Queue;
-use crate::{unix_millis, Queued};
+use crate::Queued;
 use async_nats::jetstream::{message::PublishMessage, Context};
 use herald_metrics::{AdminResponse, AdminRoutes};
 use herald_protocol::token::encode_token;
+use herald_protocol::unix_millis;
 use herald_protocol::webhook::WebhookEvent;
 use hyper::{Method, StatusCode};
 use parking_lot::Mutex;

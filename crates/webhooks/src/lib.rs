@@ -36,6 +36,7 @@ pub use sender::Sender;
 use herald_config::AppConfig;
 use herald_metrics::Metrics;
 use herald_presence::{Listener, Origin, Transition};
+use herald_protocol::unix_millis;
 use herald_protocol::webhook::{WebhookEvent, WebhookKind};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -74,12 +75,6 @@ struct Inner {
     held: Mutex<HashMap<HeldKey, u64>>,
     next_hold: AtomicU64,
     metrics: Arc<Metrics>,
-}
-
-pub(crate) fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Whether any app has a webhook receiver.

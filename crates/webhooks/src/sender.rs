@@ -7,10 +7,11 @@
 //! drains in full batches.
 
 use crate::dead::{DeadLetter, DeadLetters};
-use crate::{unix_millis, Queued};
+use crate::Queued;
 use async_nats::jetstream::{self, AckKind};
 use herald_config::{AppConfig, WebhookDelivery};
 use herald_metrics::Metrics;
+use herald_protocol::unix_millis;
 use herald_protocol::webhook::{signed_body, WebhookEvent};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
