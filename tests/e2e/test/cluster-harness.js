@@ -469,18 +469,6 @@ class HeraldNode extends ManagedProcess {
     this.app = app;
   }
 
-  get baseUrl() {
-    return `http://127.0.0.1:${this.port}`;
-  }
-
-  get metricsUrl() {
-    return `http://127.0.0.1:${this.metricsPort}`;
-  }
-
-  wsUrl(key = this.app.key, query = 'protocol=7&client=js&version=8.6.0&flash=false') {
-    return `ws://127.0.0.1:${this.port}/app/${key}${query === null ? '' : `?${query}`}`;
-  }
-
   /** NATS client name this node uses (herald-<role>-<node id>), as shown in /connz. */
   get natsName() {
     return `herald-${this.role}-${this.nodeId}`;
@@ -540,6 +528,7 @@ class HeraldNode extends ManagedProcess {
     });
   }
 }
+h.withHeraldUrls(HeraldNode);
 
 // herald reads HERALD_* from the environment; keep the tests independent of the caller's shell
 for (const k of ['HERALD_CONFIG', 'HERALD_BIND', 'HERALD_METRICS_BIND', 'HERALD_NATS', 'HERALD_NODE_ID', 'HERALD_LOG_FORMAT']) delete process.env[k];

@@ -204,6 +204,21 @@ function test(name, options, fn) {
 // ---------------------------------------------------------------------------------------------------------
 // Herald process
 
+/**
+ * Gives a Herald process class (with `port`, `metricsPort` and `app`, on 127.0.0.1)
+ * its `baseUrl`, `metricsUrl` and `wsUrl(key, query)`.
+ */
+function withHeraldUrls(cls) {
+  Object.defineProperties(cls.prototype, {
+    baseUrl: { get() { return `http://127.0.0.1:${this.port}`; } },
+    metricsUrl: { get() { return `http://127.0.0.1:${this.metricsPort}`; } },
+  });
+  cls.prototype.wsUrl = function wsUrl(key = this.app.key, query = 'protocol=7&client=js&version=8.6.0&flash=false') {
+    return `ws://127.0.0.1:${this.port}/app/${key}${query === null ? '' : `?${query}`}`;
+  };
+  return cls;
+}
+
 class HeraldServer {
   constructor({ child, port, metricsPort, configPath, configText, app }) {
     this.child = child;
@@ -226,18 +241,6 @@ class HeraldServer {
         resolve({ code, signal });
       });
     });
-  }
-
-  get baseUrl() {
-    return `http://127.0.0.1:${this.port}`;
-  }
-
-  get metricsUrl() {
-    return `http://127.0.0.1:${this.metricsPort}`;
-  }
-
-  wsUrl(key = this.app.key, query = 'protocol=7&client=js&version=8.6.0&flash=false') {
-    return `ws://127.0.0.1:${this.port}/app/${key}${query === null ? '' : `?${query}`}`;
   }
 
   get running() {
@@ -291,6 +294,7 @@ class HeraldServer {
     });
   }
 }
+withHeraldUrls(HeraldServer);
 
 /** Spawn herald with the given args (no readiness wait). Used for negative config tests. */
 function spawnHerald(args, { env = {}, cwd } = {}) {
@@ -999,6 +1003,7 @@ function customAuthOptions(server, userId, userInfo) {
 }
 
 module.exports = {
+  withHeraldUrls,
   runInvalidConfig,
   APP,
   ENCRYPTION_MASTER_KEY_BASE64,
