@@ -15,8 +15,9 @@ use herald_protocol::codes;
 use parking_lot::Mutex;
 use prometheus::IntCounter;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
-use tokio::sync::Notify;
+use std::task::{Poll, Waker};
 
 /// Why and how a connection is being closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +34,6 @@ pub struct Peer(Arc<PeerInner>);
 struct PeerInner {
     socket_id: Arc<str>,
     state: Mutex<State>,
-    /// Wakes the connection's task: a frame was queued, or a close asked for.
-    wake: Notify,
     capacity: usize,
     slow_consumers: IntCounter,
 }
@@ -45,6 +44,10 @@ struct State {
     close: Option<CloseReason>,
     /// The connection's task is gone: frames are refused.
     gone: bool,
+    /// The connection's task, while it waits for a frame or a close; taken
+    /// by the first that comes (the task is then scheduled: later frames
+    /// need not wake it again).
+    waiting: Option<Waker>,
 }
 
 /// What the connection's task is woken for.
@@ -77,19 +80,24 @@ impl Inbox {
 
     /// Waits for a close request (first) or the next frame. Cancel-safe:
     /// a frame is only taken when this returns it.
-    pub async fn next(&self) -> Next {
-        loop {
-            {
-                let mut state = self.0.state.lock();
-                if state.close.is_some() {
-                    return Next::Close;
-                }
-                if let Some(frame) = state.frames.pop_front() {
-                    return Next::Frame(frame);
-                }
+    pub fn next(&self) -> impl Future<Output = Next> + '_ {
+        std::future::poll_fn(|cx| {
+            let mut state = self.0.state.lock();
+            if state.close.is_some() {
+                return Poll::Ready(Next::Close);
             }
-            self.0.wake.notified().await;
-        }
+            if let Some(frame) = state.frames.pop_front() {
+                return Poll::Ready(Next::Frame(frame));
+            }
+            if !state
+                .waiting
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                state.waiting = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
     }
 }
 
@@ -98,6 +106,7 @@ impl Drop for Inbox {
         let mut state = self.0.state.lock();
         state.gone = true;
         state.frames = VecDeque::new();
+        state.waiting = None;
     }
 }
 
@@ -111,8 +120,8 @@ impl Peer {
                 frames: VecDeque::new(),
                 close: None,
                 gone: false,
+                waiting: None,
             }),
-            wake: Notify::new(),
             capacity,
             slow_consumers,
         });
@@ -133,8 +142,11 @@ impl Peer {
             }
             if state.frames.len() < self.0.capacity {
                 state.frames.push_back(frame);
+                let waiting = state.waiting.take();
                 drop(state);
-                self.0.wake.notify_one();
+                if let Some(task) = waiting {
+                    task.wake();
+                }
                 return true;
             }
         }
@@ -157,7 +169,7 @@ impl Peer {
     /// Asks the connection to close with `code`. The first reason wins;
     /// returns whether this call was it.
     pub fn close(&self, code: u16, message: &str, label: &'static str) -> bool {
-        {
+        let waiting = {
             let mut state = self.0.state.lock();
             if state.close.is_some() {
                 return false;
@@ -167,8 +179,11 @@ impl Peer {
                 message: message.to_owned(),
                 label,
             });
+            state.waiting.take()
+        };
+        if let Some(task) = waiting {
+            task.wake();
         }
-        self.0.wake.notify_one();
         true
     }
 
@@ -216,5 +231,16 @@ mod tests {
         assert_eq!(waiting.await.unwrap(), "x");
         // The task (and its inbox) ended: nothing is queued for nobody.
         assert!(!peer.send(Bytes::from_static(b"y")));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_wakes_for_a_close() {
+        let counter = IntCounter::new("t", "t").unwrap();
+        let (peer, rx) = Peer::new("1.1".into(), 4, counter);
+        let waiting = tokio::spawn(async move { matches!(rx.next().await, Next::Close) });
+        tokio::task::yield_now().await;
+        assert!(peer.close(4200, "restarting", "shutdown"));
+        let woke = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
+        assert!(woke.unwrap().unwrap());
     }
 }

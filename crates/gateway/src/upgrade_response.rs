@@ -97,22 +97,23 @@ impl<S: AsyncWrite + Unpin> DeferUpgradeResponse<S> {
         Poll::Ready(Ok(0))
     }
 
-    fn poll_write_all_of(
+    /// Holds or releases the 101 as `bufs` call for. Ready(Some(n)): done,
+    /// with `n` bytes of `bufs` written; Ready(None): nothing is held, write
+    /// as usual.
+    fn poll_before_write(
         &mut self,
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
+    ) -> Poll<io::Result<Option<usize>>> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         if self.hold(bufs) {
-            return Poll::Ready(Ok(total));
+            return Poll::Ready(Ok(Some(total)));
         }
-        if !self.held.is_empty() {
-            let written = ready!(self.poll_release(cx, bufs))?;
-            if written > 0 || total == 0 {
-                return Poll::Ready(Ok(written));
-            }
+        if self.held.is_empty() {
+            return Poll::Ready(Ok(None));
         }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = ready!(self.poll_release(cx, bufs))?;
+        Poll::Ready(Ok((written > 0 || total == 0).then_some(written)))
     }
 }
 
@@ -132,7 +133,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for DeferUpgradeResponse<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_write_all_of(cx, &[IoSlice::new(buf)])
+        let this = self.get_mut();
+        match ready!(this.poll_before_write(cx, &[IoSlice::new(buf)]))? {
+            Some(written) => Poll::Ready(Ok(written)),
+            // A plain `send`, as without this wrapper (not a one-slice writev).
+            None => Pin::new(&mut this.inner).poll_write(cx, buf),
+        }
     }
 
     fn poll_write_vectored(
@@ -140,7 +146,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for DeferUpgradeResponse<S> {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_write_all_of(cx, bufs)
+        let this = self.get_mut();
+        match ready!(this.poll_before_write(cx, bufs))? {
+            Some(written) => Poll::Ready(Ok(written)),
+            None => Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
