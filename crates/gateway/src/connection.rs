@@ -16,7 +16,7 @@
 use crate::peer::{Inbox, Next, Peer};
 use crate::reader::{FrameReader, Source};
 use crate::session::Session;
-use crate::upgrade_response::DeferUpgradeResponse;
+use crate::upgrade_response::CorkUpgradeResponse;
 use crate::Gateway;
 use bytes::BytesMut;
 use herald_protocol::{codes, frame, message};
@@ -25,7 +25,6 @@ use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
 /// Largest batch of queued frames coalesced into one write.
@@ -83,7 +82,7 @@ pub async fn run(
 }
 
 async fn serve_upgraded(gateway: Arc<Gateway>, upgraded: Upgraded, admission: Admission) {
-    match upgraded.downcast::<TokioIo<DeferUpgradeResponse<TcpStream>>>() {
+    match upgraded.downcast::<TokioIo<CorkUpgradeResponse>>() {
         Ok(parts) => {
             // Copy what the HTTP layer read ahead and drop its buffer (an
             // 8 KiB allocation it shares) now, not when the connection ends:
@@ -91,7 +90,7 @@ async fn serve_upgraded(gateway: Arc<Gateway>, upgraded: Upgraded, admission: Ad
             let hyper::upgrade::Parts { io, read_buf, .. } = parts;
             let leftover = read_buf.to_vec();
             drop(read_buf);
-            let (read_half, write_half) = io.into_inner().into_split();
+            let (read_half, write_half) = io.into_inner().into_inner().into_split();
             // Boxed (here and below): allocated at its own size instead of
             // inside a task that must also fit the other transport's.
             Box::pin(serve(gateway, read_half, write_half, &leftover, admission)).await

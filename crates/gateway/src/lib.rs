@@ -14,7 +14,7 @@ mod reader;
 mod session;
 mod upgrade_response;
 
-pub use upgrade_response::DeferUpgradeResponse;
+pub use upgrade_response::CorkUpgradeResponse;
 
 use bytes::Bytes;
 use herald_bus::{Bus, BusMessage};

@@ -381,6 +381,9 @@ async fn run(
                     }
                 };
                 let _ = stream.set_nodelay(true);
+                // The 101 of a WebSocket handshake goes out in one segment with
+                // the connection's first frame.
+                let stream = herald_gateway::CorkUpgradeResponse::new(stream);
                 tokio::spawn(serve_connection(stream, remote.ip(), header_timeout, gateway.clone(), ingest.clone()));
             }
         }
@@ -466,12 +469,7 @@ async fn serve_connection<S>(
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_timeout)
-        // The 101 of a WebSocket handshake goes out with the connection's
-        // first frame, in one write (herald_gateway::DeferUpgradeResponse).
-        .serve_connection(
-            TokioIo::new(herald_gateway::DeferUpgradeResponse::new(stream)),
-            service,
-        )
+        .serve_connection(TokioIo::new(stream), service)
         .with_upgrades()
         .await;
 }
