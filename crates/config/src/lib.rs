@@ -42,6 +42,9 @@ pub struct Config {
     /// Seconds a client may take to send a complete HTTP request head
     /// (upgrade or API call) before the connection is closed (slowloris).
     pub header_timeout: u64,
+    /// Seconds an HTTP API request body may take to arrive in full, from
+    /// the end of its head; then 408 and the connection is closed.
+    pub body_timeout: u64,
     /// Open WebSocket connections allowed from one IP address (0 = unlimited);
     /// over it the socket is closed with 4100 (reconnect later).
     pub max_connections_per_ip: usize,
@@ -192,6 +195,7 @@ impl Default for Config {
             outbox_capacity: 1024,
             write_timeout: 10,
             header_timeout: 10,
+            body_timeout: 10,
             max_connections_per_ip: 0,
             drain_window: None,
             shutdown_timeout: 5,
@@ -472,6 +476,7 @@ impl Config {
             ("outbox_capacity", self.outbox_capacity),
             ("write_timeout", self.write_timeout as usize),
             ("header_timeout", self.header_timeout as usize),
+            ("body_timeout", self.body_timeout as usize),
             ("webhook_batch_ms", self.webhook_batch_ms as usize),
             ("webhook_batch_size", self.webhook_batch_size),
             ("webhook_timeout_ms", self.webhook_timeout_ms as usize),

@@ -323,6 +323,7 @@ async fn run(
             backbone.state.clone(),
             backbone.bus.clone(),
             metrics.clone(),
+            Duration::from_secs(config.body_timeout),
         ))
     });
 

@@ -32,6 +32,8 @@ pub struct Ingest {
     state: Arc<ChannelState>,
     bus: Arc<dyn Bus>,
     metrics: Arc<Metrics>,
+    /// How long a request body may take to arrive (`body_timeout`).
+    body_timeout: std::time::Duration,
 }
 
 /// A refused request: status and the message for the JSON error body.
@@ -113,6 +115,7 @@ impl Ingest {
         state: Arc<ChannelState>,
         bus: Arc<dyn Bus>,
         metrics: Arc<Metrics>,
+        body_timeout: std::time::Duration,
     ) -> Self {
         Self {
             apps_by_id: apps.iter().map(|a| (a.id.clone(), a.clone())).collect(),
@@ -128,6 +131,7 @@ impl Ingest {
             state,
             bus,
             metrics,
+            body_timeout,
         }
     }
 
@@ -154,7 +158,15 @@ impl Ingest {
             .api_request_duration
             .with_label_values(&[label])
             .observe(started.elapsed().as_secs_f64());
-        json_response(status, &body)
+        let mut response = json_response(status, &body);
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still come: the connection cannot
+            // carry another request.
+            response
+                .headers_mut()
+                .insert(hyper::header::CONNECTION, "close".parse().expect("static"));
+        }
+        response
     }
 
     async fn serve(
@@ -177,16 +189,27 @@ impl Ingest {
             .ok_or_else(|| refused(StatusCode::NOT_FOUND, format!("unknown app `{app_id}`")))?;
         let (parts, body) = req.into_parts();
         let body_limit = app.max_event_payload_bytes * app.max_batch_events * 2 + 64 * 1024;
-        let body = Limited::new(body, body_limit)
-            .collect()
-            .await
-            .map_err(|_| {
-                refused(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body over {body_limit} bytes"),
-                )
-            })?
-            .to_bytes();
+        // A client sending a head and then trickling the body would hold the
+        // connection and up to `body_limit` bytes before any signature check.
+        let body =
+            tokio::time::timeout(self.body_timeout, Limited::new(body, body_limit).collect())
+                .await
+                .map_err(|_| {
+                    refused(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "request body not received within {} s",
+                            self.body_timeout.as_secs()
+                        ),
+                    )
+                })?
+                .map_err(|_| {
+                    refused(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("request body over {body_limit} bytes"),
+                    )
+                })?
+                .to_bytes();
         let query = parts.uri.query().unwrap_or_default();
         let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
             .into_owned()

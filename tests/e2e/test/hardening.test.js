@@ -98,6 +98,28 @@ test('header_timeout: a client that never finishes its request head is disconnec
   assert.ok(c.isOpen);
 });
 
+test('body_timeout: an API request whose body never arrives in full gets 408 and is closed; other requests are served meanwhile', async () => {
+  const server = await h.startHerald({ config: { body_timeout: 1 } });
+  const c = await h.rawConnected(server);
+  await c.subscribeOk('orders');
+  const slow = net.connect(server.port, '127.0.0.1');
+  await new Promise((resolve) => slow.once('connect', resolve));
+  let reply = '';
+  slow.on('data', (d) => {
+    reply += d;
+  });
+  const closed = new Promise((resolve) => slow.once('close', resolve));
+  // A complete head, then 8 of the 100 body bytes it announces.
+  slow.write(`POST /apps/${h.APP.id}/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"name":`);
+  const res = await h.apiRequest(server, { method: 'POST', path: '/events', body: { name: 'e', channel: 'orders', data: '{}' } });
+  assert.equal(res.status, 200);
+  await c.next((m) => m.event === 'e', 5000, 'the trigger sent while another body trickles');
+  await h.withTimeout(closed, 5000, 'the slow API client to be answered and closed');
+  assert.match(reply, /^HTTP\/1\.1 408 /);
+  assert.match(reply, /request body not received within 1 s/);
+  assert.equal(await metric(server, 'herald_api_requests_total{endpoint="events",status="408"}'), 1);
+});
+
 test('allowed_origins: a handshake from another origin is refused with 4009; listed and wildcard origins connect', async () => {
   const server = await h.startHerald({ app: { allowed_origins: ['https://shop.example', '*.admin.example'] } });
   const from = async (origin) => {
