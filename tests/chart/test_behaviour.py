@@ -20,7 +20,8 @@ ROLES = ("gateway", "ingest")
 # Every key Herald accepts (docs/configuration.md; crates/config/src/lib.rs uses deny_unknown_fields).
 TOP_LEVEL_KEYS = {
     "bind", "metrics_bind", "activity_timeout", "pong_timeout", "max_message_bytes", "outbox_capacity",
-    "write_timeout", "drain_window", "shutdown_timeout", "webhook_hold_back_ms", "webhook_batch_ms",
+    "write_timeout", "header_timeout", "body_timeout", "max_connections_per_ip", "trusted_proxies",
+    "drain_window", "shutdown_timeout", "webhook_hold_back_ms", "webhook_batch_ms",
     "webhook_batch_size", "webhook_timeout_ms", "webhook_retry_window_secs", "nats", "apps",
 }
 NATS_KEYS = {

@@ -48,6 +48,10 @@ pub struct Config {
     /// Open WebSocket connections allowed from one IP address (0 = unlimited);
     /// over it the socket is closed with 4100 (reconnect later).
     pub max_connections_per_ip: usize,
+    /// Addresses and CIDR ranges of the proxies in front of Herald (an
+    /// Ingress, a load balancer). From a connection whose TCP peer is one of
+    /// them, the client's address is read from `X-Forwarded-For`.
+    pub trusted_proxies: Vec<String>,
     /// Seconds over which a gateway closes its connections (4200) after
     /// SIGTERM, so clients move to other nodes gradually. Default: 30 for
     /// `herald gateway`, 0 (all at once) for `herald standalone`.
@@ -197,6 +201,7 @@ impl Default for Config {
             header_timeout: 10,
             body_timeout: 10,
             max_connections_per_ip: 0,
+            trusted_proxies: Vec::new(),
             drain_window: None,
             shutdown_timeout: 5,
             webhook_hold_back_ms: 3000,
@@ -464,6 +469,15 @@ impl Config {
         Ok(source)
     }
 
+    /// `trusted_proxies` as ranges (entries that do not parse are left out;
+    /// `validate` refuses them).
+    pub fn trusted_proxy_ranges(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|p| parse_ip_range(p))
+            .collect()
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: String, problem: &str| ConfigError::Invalid {
             key,
@@ -491,6 +505,14 @@ impl Config {
         ] {
             if value == 0 {
                 return Err(invalid(key.into(), "must be greater than 0"));
+            }
+        }
+        for (i, proxy) in self.trusted_proxies.iter().enumerate() {
+            if parse_ip_range(proxy).is_none() {
+                return Err(invalid(
+                    format!("trusted_proxies[{i}]"),
+                    &format!("`{proxy}` is not an IP address or CIDR range (e.g. 10.0.0.0/8)"),
+                ));
             }
         }
         if self.tls_bind.is_some() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
@@ -590,6 +612,16 @@ impl Config {
     }
 }
 
+/// An address (`10.1.2.3`, one host) or a CIDR range (`10.0.0.0/8`).
+fn parse_ip_range(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -628,6 +660,21 @@ mod tests {
         let two = "[[apps]]\nid='1'\nkey='k'\nsecret='s'\n[[apps]]\nid='2'\nkey='k'\nsecret='s'\n";
         let err = Config::from_toml(two).unwrap_err().to_string();
         assert!(err.contains("apps[1].key"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_ranges() {
+        let c = Config::from_toml("trusted_proxies = ['10.0.0.0/8', '192.168.1.7', 'fd00::/8']\n")
+            .unwrap();
+        let ranges = c.trusted_proxy_ranges();
+        assert_eq!(ranges.len(), 3);
+        assert!(ranges[0].contains(&"10.20.30.40".parse::<std::net::IpAddr>().unwrap()));
+        assert!(ranges[1].contains(&"192.168.1.7".parse::<std::net::IpAddr>().unwrap()));
+        assert!(!ranges[1].contains(&"192.168.1.8".parse::<std::net::IpAddr>().unwrap()));
+        let err = Config::from_toml("trusted_proxies = ['10.0.0.0/8', 'ingress']\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("trusted_proxies[1]"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - `reader`: the lean, cancel-safe frame reader (no buffer while idle).
 //! - `session`: the protocol state machine of one connection.
 
+mod client_address;
 mod connection;
 pub mod hub;
 pub mod peer;
@@ -15,6 +16,8 @@ mod session;
 mod upgrade_response;
 
 pub use upgrade_response::CorkUpgradeResponse;
+
+use client_address::client_address;
 
 use bytes::Bytes;
 use herald_bus::{Bus, BusMessage};
@@ -42,6 +45,8 @@ pub struct Settings {
     pub outbox_capacity: usize,
     pub write_timeout: Duration,
     pub max_connections_per_ip: usize,
+    /// Proxies whose `X-Forwarded-For` names the client (`trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Settings {
@@ -53,6 +58,7 @@ impl Settings {
             outbox_capacity: config.outbox_capacity,
             write_timeout: Duration::from_secs(config.write_timeout),
             max_connections_per_ip: config.max_connections_per_ip,
+            trusted_proxies: config.trusted_proxy_ranges(),
         }
     }
 }
@@ -118,12 +124,14 @@ impl Gateway {
         }
     }
 
-    /// Handles `GET /app/{key}`: upgrades to a WebSocket and runs the connection.
+    /// Handles `GET /app/{key}`: upgrades to a WebSocket and runs the
+    /// connection. `peer`: the TCP peer's address.
     pub fn handle(
         self: &Arc<Self>,
         mut req: Request<Incoming>,
-        client: IpAddr,
+        peer: IpAddr,
     ) -> Response<Full<Bytes>> {
+        let client = client_address(peer, req.headers(), &self.settings.trusted_proxies);
         let key = req
             .uri()
             .path()

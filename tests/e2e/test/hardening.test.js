@@ -86,6 +86,24 @@ test('max_connections_per_ip: the connection over the limit is closed with 4100,
   }, 5000, 'a new connection once a slot is free');
 });
 
+test('trusted_proxies: behind a trusted proxy the per-IP limit counts the X-Forwarded-For client, not the proxy', async () => {
+  const server = await h.startHerald({ config: { max_connections_per_ip: 1, trusted_proxies: ['127.0.0.0/8'] } });
+  const from = (client) => ({ wsOptions: { headers: { 'X-Forwarded-For': client } } });
+  // Two clients behind the same proxy (this test's loopback address) each get their slot.
+  const a = await h.rawConnected(server, from('203.0.113.5'));
+  const b = await h.rawConnected(server, from('198.51.100.7, 203.0.113.6'));
+  const second = await h.rawClient(server, from('203.0.113.5'));
+  const closed = await second.waitClose(5000, 'the second connection of 203.0.113.5 to close');
+  assert.equal(closed.code, 4100);
+  assert.match(closed.reason, /too many connections from 203\.0\.113\.5/);
+  // What the client wrote left of the proxy's entry is not believed: this is 203.0.113.6 again.
+  const spoofed = await h.rawClient(server, from('192.0.2.1, 203.0.113.6'));
+  assert.equal((await spoofed.waitClose(5000, 'a spoofed address to be ignored')).code, 4100);
+  await a.subscribeOk('orders');
+  await b.subscribeOk('orders');
+  assert.equal(await metric(server, 'herald_limit_rejections_total{app="",limit="connections_per_ip"}'), 2);
+});
+
 test('header_timeout: a client that never finishes its request head is disconnected (slowloris), others are served', async () => {
   const server = await h.startHerald({ config: { header_timeout: 1 } });
   const slow = net.connect(server.port, '127.0.0.1');
