@@ -414,7 +414,8 @@ impl RawFrames {
     }
 
     /// Reads once from the socket (unless complete frames are already
-    /// buffered), then hands every complete text frame's payload to `on_text`. False when the server closed the connection.
+    /// buffered), then hands every complete text frame's payload to
+    /// `on_text`. False when the server closed the connection.
     /// Cancel-safe: bytes read are kept for the next call.
     pub async fn read_texts(&mut self, mut on_text: impl FnMut(&[u8])) -> std::io::Result<bool> {
         // Frames left buffered (after `wait_for`'s marker) come first.

@@ -21,13 +21,12 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> I
     if !is_trusted(&client) {
         return client;
     }
-    let entries: Vec<&str> = headers
+    let entries = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .collect();
-    for entry in entries.iter().rev() {
+        .flat_map(|value| value.split(','));
+    for entry in entries.rev() {
         let Ok(ip) = entry.trim().parse::<IpAddr>() else {
             break;
         };
