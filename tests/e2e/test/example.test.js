@@ -63,8 +63,7 @@ function preflight() {
 /** Start `examples/admin-monitoring/run` on free ports; resolves once it prints the dashboard URL. */
 async function startDemo() {
   const heraldPort = await h.freePort();
-  let metricsPort = await h.freePort();
-  while (metricsPort === heraldPort) metricsPort = await h.freePort();
+  const metricsPort = await h.freePort();
   const args = [
     path.join(EXAMPLE_DIR, 'run'),
     '--port', '0',

@@ -69,16 +69,26 @@ async function waitFor(predicate, timeoutMs = DEFAULT_TIMEOUT, what = 'condition
   }
 }
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
+/** Ports this process has handed out: the kernel may offer a just-closed port again. */
+const handedOut = new Set();
+
+/** A free port on 127.0.0.1, never one handed out before in this process (two of a server's ports must differ). */
+async function freePort() {
+  for (;;) {
+    const port = await new Promise((resolve, reject) => {
+      const srv = net.createServer();
+      srv.unref();
+      srv.on('error', reject);
+      srv.listen(0, '127.0.0.1', () => {
+        const { port: p } = srv.address();
+        srv.close(() => resolve(p));
+      });
     });
-  });
+    if (!handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
 }
 
 function parseMaybeJson(s) {
@@ -323,8 +333,7 @@ async function startHerald(opts = {}) {
   const configPath = path.join(dir, 'herald.toml');
   fs.writeFileSync(configPath, configText);
   const port = await freePort();
-  let metricsPort = await freePort();
-  while (metricsPort === port) metricsPort = await freePort();
+  const metricsPort = await freePort();
   const child = spawnHerald(
     ['standalone', '--config', configPath, '--bind', `127.0.0.1:${port}`, '--metrics-bind', `127.0.0.1:${metricsPort}`],
     { env: { HERALD_CONFIG: undefined, HERALD_BIND: undefined, HERALD_METRICS_BIND: undefined, ...(opts.env || {}) } },
