@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use herald_bus::{Bus, BusMessage, Envelope, Sink, ENVELOPE_VERSION};
 use herald_config::AppConfig;
 use herald_metrics::Metrics;
-use herald_presence::{Listener, Origin, Transition};
+use herald_state::{Listener, Origin, Transition};
 use herald_protocol::channel::WATCHLIST_PREFIX;
 use herald_protocol::unix_millis;
 use herald_protocol::{codes, frame, message};

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use herald_bus::{Bus, BusMessage};
 use herald_config::{AppConfig, Config};
 use herald_metrics::Metrics;
-use herald_presence::ChannelState;
+use herald_state::ChannelState;
 use herald_webhooks::Webhooks;
 use http_body_util::Full;
 use hyper::body::Incoming;

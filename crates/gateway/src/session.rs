@@ -11,7 +11,7 @@ use crate::reader::{Frame, ReadError};
 use crate::Gateway;
 use herald_bus::{BusMessage, Envelope};
 use herald_config::AppConfig;
-use herald_presence::JoinError;
+use herald_state::JoinError;
 use herald_protocol::channel::{ChannelKind, MAX_EVENT_NAME_LEN};
 use herald_protocol::frame::{FrameError, OpCode};
 use herald_protocol::message::{self, ClientMessage, Subscribe};

@@ -2,7 +2,7 @@
 //! presence members per app. In cluster mode the state is the replicated
 //! view, so every node reports the cluster-wide figure.
 
-use herald_presence::ChannelState;
+use herald_state::ChannelState;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntGaugeVec, Opts};

@@ -8,7 +8,7 @@
 use crate::Role;
 use herald_config::Config;
 use herald_metrics::Metrics;
-use herald_presence::ChannelState;
+use herald_state::ChannelState;
 use herald_webhooks::{DeadLetters, Queue, Sender, WebhookAdmin, Webhooks};
 use std::sync::Arc;
 use std::time::Duration;

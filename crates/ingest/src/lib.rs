@@ -9,7 +9,7 @@ use bytes::Bytes;
 use herald_bus::{Bus, BusMessage, Envelope};
 use herald_config::AppConfig;
 use herald_metrics::Metrics;
-use herald_presence::ChannelState;
+use herald_state::ChannelState;
 use herald_protocol::api::{self, ApiError, Info, Publication};
 use herald_protocol::rate::TokenBucket;
 use herald_protocol::{auth, ChannelName};

@@ -35,7 +35,7 @@ pub use sender::Sender;
 
 use herald_config::AppConfig;
 use herald_metrics::Metrics;
-use herald_presence::{Listener, Origin, Transition};
+use herald_state::{Listener, Origin, Transition};
 use herald_protocol::unix_millis;
 use herald_protocol::webhook::{WebhookEvent, WebhookKind};
 use parking_lot::Mutex;
