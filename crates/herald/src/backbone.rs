@@ -1,0 +1,80 @@
+//! The bus and channel state a role works with: in-process for
+//! `herald standalone`, NATS and JetStream KV for the cluster roles. This is
+//! the one place where standalone and cluster part ways.
+
+use crate::Role;
+use herald_bus::nats::NatsBus;
+use herald_bus::{Bus, LocalBus};
+use herald_config::Config;
+use herald_metrics::Metrics;
+use herald_state::kv::{KvMetrics, KvSettings};
+use herald_state::ChannelState;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Backbone {
+    pub state: Arc<ChannelState>,
+    pub bus: Arc<dyn Bus>,
+    pub local: Option<Arc<LocalBus>>,
+    pub nats: Option<Arc<NatsBus>>,
+    /// Cluster mode's JetStream (webhook queue).
+    pub js: Option<async_nats::jetstream::Context>,
+}
+
+/// Opens the backbone of `role`. In cluster mode NATS may not be up yet
+/// (pods start in any order): this keeps trying, and the caller stays
+/// unready meanwhile.
+pub async fn open(
+    role: Role,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    node_id: &str,
+) -> anyhow::Result<Backbone> {
+    if role == Role::Standalone {
+        metrics.set_bus_connected(true);
+        metrics.kv_healthy.set(1);
+        let local = Arc::new(LocalBus::default());
+        return Ok(Backbone {
+            state: Arc::new(ChannelState::in_memory()),
+            bus: local.clone(),
+            local: Some(local),
+            nats: None,
+            js: None,
+        });
+    }
+    let n = &config.nats;
+    let name = format!("herald-{}-{node_id}", role.name());
+    let watcher = metrics.clone();
+    let client =
+        herald_bus::nats::connect(n, &name, move |up| watcher.set_bus_connected(up)).await?;
+    let kv = KvSettings {
+        state_bucket: n.state_bucket.clone(),
+        cache_bucket: n.cache_bucket.clone(),
+        replicas: n.kv_replicas,
+        node_ttl: Duration::from_secs(n.node_ttl),
+        metrics: KvMetrics {
+            write_failures: metrics.kv_write_failures.clone(),
+            apply_seconds: metrics.kv_apply_seconds.clone(),
+            nodes_removed: metrics.nodes_removed.clone(),
+            healthy: metrics.kv_healthy.clone(),
+        },
+    };
+    let state = loop {
+        match ChannelState::replicated(client.clone(), node_id, &kv).await {
+            Ok(state) => break state,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster state unavailable; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let js = async_nats::jetstream::new(client.clone());
+    let nats = Arc::new(NatsBus::new(client, &n.subject_prefix));
+    Ok(Backbone {
+        state: Arc::new(state),
+        bus: nats.clone(),
+        local: None,
+        nats: Some(nats),
+        js: Some(js),
+    })
+}

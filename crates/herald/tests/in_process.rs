@@ -1,0 +1,133 @@
+//! Herald started in-process through `herald::run`, against real sockets
+//! and (for the cluster) a real nats-server. The Node suite in tests/e2e
+//! covers the protocol with the real client libraries; these tests cover
+//! the library face itself: startup on port 0, shutdown through the
+//! caller's future, and the roles joined through NATS.
+
+mod support;
+
+use futures::StreamExt;
+use herald::Role;
+use herald_bench::{connect, next_event, subscribe, Ws};
+use support::{config, Herald, Nats, APP, WAIT};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Waits (bounded) for `event` on `channel` and returns its data.
+async fn receive(ws: &mut Ws, channel: &str, event: &str) -> String {
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            let msg = next_event(ws).await.expect("socket open");
+            if msg["event"] == event && msg["channel"] == channel {
+                return msg["data"].as_str().unwrap_or_default().to_owned();
+            }
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("{event} on {channel} not received within {WAIT:?}"))
+}
+
+#[tokio::test]
+async fn standalone_delivers_a_trigger_to_a_subscriber() {
+    let herald = Herald::start(Role::Standalone, config(None), "a").await;
+    let (mut ws, _) = connect(herald.addr, APP.1, 0).await.unwrap();
+    subscribe(&mut ws, "orders", None, None).await.unwrap();
+    herald
+        .api()
+        .trigger("orders", "order.created", r#"{"id":1}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        receive(&mut ws, "orders", "order.created").await,
+        r#"{"id":1}"#
+    );
+    herald.stop().await.unwrap();
+}
+
+/// The close code a server sent, waiting (bounded) for the Close frame.
+async fn close_code(ws: &mut Ws) -> u16 {
+    let closed = tokio::time::timeout(WAIT, async {
+        while let Some(frame) = ws.next().await {
+            if let Ok(Message::Close(Some(close))) = frame {
+                return u16::from(close.code);
+            }
+        }
+        panic!("connection ended without a Close frame");
+    })
+    .await;
+    closed.expect("Close frame within the wait")
+}
+
+#[tokio::test]
+async fn shutdown_future_drains_every_client_with_4200_and_run_returns() {
+    let mut cfg = config(None);
+    cfg.drain_window = Some(1);
+    let herald = Herald::start(Role::Standalone, cfg, "a").await;
+    let mut clients = Vec::new();
+    for n in 0..5 {
+        let (mut ws, _) = connect(herald.addr, APP.1, n).await.unwrap();
+        subscribe(&mut ws, "drain", None, None).await.unwrap();
+        clients.push(ws);
+    }
+    let addr = herald.addr;
+    let (stopped, codes) = tokio::join!(herald.stop(), async {
+        let mut codes = Vec::new();
+        for ws in &mut clients {
+            codes.push(close_code(ws).await);
+        }
+        codes
+    });
+    stopped.unwrap();
+    assert_eq!(codes, vec![4200; 5]);
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the client port still accepts after run returned"
+    );
+}
+
+#[tokio::test]
+async fn two_gateways_and_an_ingest_deliver_across_gateways() {
+    let nats = Nats::start();
+    let gateway_a = Herald::start(Role::Gateway, config(Some(&nats)), "gw-a").await;
+    let gateway_b = Herald::start(Role::Gateway, config(Some(&nats)), "gw-b").await;
+    let ingest = Herald::start(Role::Ingest, config(Some(&nats)), "in-1").await;
+    let (mut on_a, _) = connect(gateway_a.addr, APP.1, 0).await.unwrap();
+    let (mut on_b, _) = connect(gateway_b.addr, APP.1, 1).await.unwrap();
+    subscribe(&mut on_a, "stock", None, None).await.unwrap();
+    subscribe(&mut on_b, "stock", None, None).await.unwrap();
+    ingest
+        .api()
+        .trigger("stock", "stock.low", r#"{"sku":"A1"}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        receive(&mut on_a, "stock", "stock.low").await,
+        r#"{"sku":"A1"}"#
+    );
+    assert_eq!(
+        receive(&mut on_b, "stock", "stock.low").await,
+        r#"{"sku":"A1"}"#
+    );
+    // Occupancy is cluster-wide: the ingest counts both gateways' subscribers.
+    let path = format!("/apps/{}/channels/stock", APP.0);
+    let counted = tokio::time::timeout(WAIT, async {
+        loop {
+            let query = [("info", "subscription_count")];
+            let (status, body) = ingest
+                .api()
+                .request("GET", &path, &query, None)
+                .await
+                .unwrap();
+            assert_eq!(status, 200, "{body}");
+            let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if info["subscription_count"] == 2 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    assert!(counted.is_ok(), "subscription_count never reached 2");
+    for herald in [gateway_a, gateway_b, ingest] {
+        herald.stop().await.unwrap();
+    }
+}
