@@ -18,8 +18,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
-use herald_bus::nats::NatsBus;
-use herald_bus::{Bus, LocalBus};
+use herald_bus::Bus;
 use herald_config::{AppSource, Config};
 use herald_gateway::{Gateway, Settings};
 use herald_ingest::Ingest;
@@ -180,9 +179,7 @@ fn main() -> std::process::ExitCode {
 /// The bus and channel state a role works with.
 struct Backbone {
     state: Arc<ChannelState>,
-    bus: Arc<dyn Bus>,
-    local: Option<Arc<LocalBus>>,
-    nats: Option<Arc<NatsBus>>,
+    bus: Arc<Bus>,
     /// Cluster mode's JetStream (webhook queue).
     js: Option<async_nats::jetstream::Context>,
 }
@@ -196,12 +193,9 @@ async fn backbone(
     if role == Role::Standalone {
         metrics.set_bus_connected(true);
         metrics.kv_healthy.set(1);
-        let local = Arc::new(LocalBus::default());
         return Ok(Backbone {
             state: Arc::new(ChannelState::in_memory()),
-            bus: local.clone(),
-            local: Some(local),
-            nats: None,
+            bus: Arc::new(Bus::in_memory()),
             js: None,
         });
     }
@@ -233,12 +227,9 @@ async fn backbone(
         }
     };
     let js = async_nats::jetstream::new(client.clone());
-    let nats = Arc::new(NatsBus::new(client, &n.subject_prefix));
     Ok(Backbone {
         state: Arc::new(state),
-        bus: nats.clone(),
-        local: None,
-        nats: Some(nats),
+        bus: Arc::new(Bus::nats(client, &n.subject_prefix)),
         js: Some(js),
     })
 }
@@ -308,13 +299,10 @@ async fn run(
             webhooks,
         );
         backbone.state.add_listener(gateway.hub());
-        if let Some(local) = &backbone.local {
-            local.attach(gateway.hub());
-        }
-        if let Some(nats) = &backbone.nats {
-            nats.attach(gateway.hub());
-            nats.listen_control(&apps.iter().map(|a| a.id.clone()).collect::<Vec<_>>());
-        }
+        backbone.bus.attach(gateway.hub());
+        backbone
+            .bus
+            .listen_control(&apps.iter().map(|a| a.id.clone()).collect::<Vec<_>>());
         gateway
     });
     let ingest = role.serves_api().then(|| {

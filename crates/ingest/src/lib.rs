@@ -30,7 +30,7 @@ pub struct Ingest {
     /// Per-app request budgets, for apps with `max_api_requests_per_second`.
     rates: HashMap<String, parking_lot::Mutex<TokenBucket>>,
     state: Arc<ChannelState>,
-    bus: Arc<dyn Bus>,
+    bus: Arc<Bus>,
     metrics: Arc<Metrics>,
     /// How long a request body may take to arrive (`body_timeout`).
     body_timeout: std::time::Duration,
@@ -113,7 +113,7 @@ impl Ingest {
     pub fn new(
         apps: &[Arc<AppConfig>],
         state: Arc<ChannelState>,
-        bus: Arc<dyn Bus>,
+        bus: Arc<Bus>,
         metrics: Arc<Metrics>,
         body_timeout: std::time::Duration,
     ) -> Self {

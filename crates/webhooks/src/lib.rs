@@ -35,9 +35,9 @@ pub use sender::Sender;
 
 use herald_config::AppConfig;
 use herald_metrics::Metrics;
-use herald_state::{Listener, Origin, Transition};
 use herald_protocol::unix_millis;
 use herald_protocol::webhook::{WebhookEvent, WebhookKind};
+use herald_state::{Listener, Origin, Transition};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
