@@ -3,7 +3,7 @@
 //! connections (the same code the gateway runs per delivered event).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use herald_bus::{BusMessage, Envelope, LocalBus, Sink};
+use herald_bus::{Bus, BusMessage, Envelope, Sink};
 use herald_config::AppConfig;
 use herald_gateway::hub::Hub;
 use herald_gateway::peer::Peer;
@@ -74,11 +74,7 @@ fn fan_out(c: &mut Criterion) {
     let mut group = c.benchmark_group("fan-out of one event");
     for n in [100usize, 1_000, 10_000] {
         let app = Arc::new(AppConfig::new("1", "k", "s"));
-        let hub = Hub::new(
-            &[app],
-            Arc::new(LocalBus::default()),
-            Arc::new(Metrics::new()),
-        );
+        let hub = Hub::new(&[app], Arc::new(Bus::in_memory()), Arc::new(Metrics::new()));
         let counter = prometheus::IntCounter::new("slow", "slow").unwrap();
         let mut inboxes = Vec::new();
         for i in 0..n {

@@ -1,22 +1,25 @@
 //! The bus: how events travel from the HTTP API (or a client) to every
 //! gateway with subscribers for the channel.
 //!
-//! [`Bus`] is the one abstraction both roles talk to. Standalone uses
-//! [`LocalBus`], which hands messages straight to the in-process gateway; the
-//! cluster implementation carries the same [`BusMessage`], encoded once with
-//! rmp-serde, over NATS subjects keyed by (app, channel). Gateways declare
-//! which channels they have local subscribers for with
-//! [`Bus::set_interest`], so a clustered bus only ever delivers a channel's
-//! traffic to nodes that need it.
+//! [`Bus`] is the one type both roles talk to. Standalone delivers through
+//! an in-process call to the gateway; the cluster carries the same
+//! [`BusMessage`], encoded once with rmp-serde, over NATS subjects keyed by
+//! (app, channel). Gateways declare which channels they have local
+//! subscribers for with [`Bus::set_interest`], so a clustered bus only ever
+//! delivers a channel's traffic to nodes that need it. Which of the two a
+//! process uses is a private enum chosen once at startup (see "Standalone
+//! or cluster" in docs/architecture.md).
 
+mod local;
 pub mod nats;
 pub mod subject;
 
 use futures::future::BoxFuture;
 use herald_protocol::unix_millis;
+use local::LocalBus;
+use nats::NatsBus;
 use serde::{Deserialize, Serialize};
-use std::sync::{Arc, OnceLock};
-
+use std::sync::Arc;
 /// Bumped when [`Envelope`] changes incompatibly; receivers drop other versions.
 pub const ENVELOPE_VERSION: u8 = 1;
 
@@ -89,8 +92,16 @@ impl BusMessage {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
+    /// NATS refused or lost the connection or the message.
     #[error("bus unavailable: {0}")]
     Unavailable(String),
+    #[error("bus unavailable: NATS is not connected")]
+    NotConnected,
+    #[error("bus unavailable: NATS did not acknowledge the publish in time")]
+    PublishTimeout,
+    /// Standalone, before the gateway attached.
+    #[error("bus unavailable: no gateway attached")]
+    NotAttached,
     #[error("undecodable bus message: {0}")]
     Decode(String),
 }
@@ -100,54 +111,71 @@ pub trait Sink: Send + Sync {
     fn deliver(&self, message: &BusMessage);
 }
 
-pub trait Bus: Send + Sync {
-    /// Publishes to every node interested in the message's channel. Resolves
-    /// once the bus has accepted it.
-    fn publish(&self, message: BusMessage) -> BoxFuture<'static, Result<(), BusError>>;
+/// The bus of this process: in-process (standalone) or NATS (cluster).
+pub struct Bus(Backend);
 
-    /// Declares whether this node has local subscribers for (app, channel).
-    /// Idempotent. With `true`, the returned future resolves once the bus
-    /// delivers the channel's messages to this node, so a subscriber
-    /// acknowledged after it cannot miss an event published after that.
-    fn set_interest(&self, app: &str, channel: &str, interested: bool) -> BoxFuture<'static, ()>;
+/// Herald has exactly these two backends, so a closed enum: static
+/// dispatch, no boxed future per publish, and both side by side here.
+enum Backend {
+    Memory(LocalBus),
+    Nats(Box<NatsBus>),
 }
 
-/// The in-process bus of `herald standalone`: delivery is a direct call.
-#[derive(Default)]
-pub struct LocalBus {
-    sink: OnceLock<Arc<dyn Sink>>,
-}
+impl Bus {
+    /// The in-process bus of `herald standalone`: delivery is a direct call.
+    pub fn in_memory() -> Self {
+        Self(Backend::Memory(LocalBus::default()))
+    }
 
-impl LocalBus {
-    /// Connects the receiving side; called once at startup.
+    /// The cluster bus over NATS; `prefix` starts every subject.
+    pub fn nats(client: async_nats::Client, prefix: &str) -> Self {
+        Self(Backend::Nats(Box::new(NatsBus::new(client, prefix))))
+    }
+
+    /// Connects the receiving side (the gateway's fan-out); called once at startup.
     pub fn attach(&self, sink: Arc<dyn Sink>) {
-        if self.sink.set(sink).is_err() {
-            panic!("LocalBus::attach called twice");
+        match &self.0 {
+            Backend::Memory(bus) => bus.attach(sink),
+            Backend::Nats(bus) => bus.attach(sink),
         }
     }
-}
 
-impl Bus for LocalBus {
-    fn publish(&self, message: BusMessage) -> BoxFuture<'static, Result<(), BusError>> {
-        let result = match self.sink.get() {
-            Some(sink) => {
-                sink.deliver(&message);
-                Ok(())
-            }
-            None => Err(BusError::Unavailable("no gateway attached".into())),
-        };
-        Box::pin(async move { result })
+    /// Receives the control messages of `apps` (gateway role). The
+    /// in-process bus delivers everything to its one gateway already.
+    pub fn listen_control(&self, apps: &[String]) {
+        if let Backend::Nats(bus) = &self.0 {
+            bus.listen_control(apps);
+        }
     }
 
-    /// Every message reaches the single local gateway, which filters by its
-    /// own subscriptions, so interest needs no bookkeeping here.
-    fn set_interest(
+    /// Publishes to every node interested in the message's channel. Resolves
+    /// once the bus has accepted it.
+    pub async fn publish(&self, message: BusMessage) -> Result<(), BusError> {
+        match &self.0 {
+            Backend::Memory(bus) => bus.publish(&message),
+            Backend::Nats(bus) => bus.publish(&message).await,
+        }
+    }
+
+    /// Declares whether this node has local subscribers for (app, channel).
+    /// Idempotent, and done when this returns: the returned future only
+    /// waits, so dropping it is fine (and boxed, not `async fn`, for that
+    /// reason; it is once per channel a node joins, not per message). With
+    /// `true`, it resolves once the bus delivers the channel's messages to
+    /// this node, so a subscriber acknowledged after it cannot miss an event
+    /// published after that.
+    pub fn set_interest(
         &self,
-        _app: &str,
-        _channel: &str,
-        _interested: bool,
+        app: &str,
+        channel: &str,
+        interested: bool,
     ) -> BoxFuture<'static, ()> {
-        Box::pin(std::future::ready(()))
+        match &self.0 {
+            // Every message reaches the single local gateway, which filters
+            // by its own subscriptions, so interest needs no bookkeeping.
+            Backend::Memory(_) => Box::pin(std::future::ready(())),
+            Backend::Nats(bus) => bus.set_interest(app, channel, interested),
+        }
     }
 }
 
@@ -185,7 +213,7 @@ mod tests {
 
     #[test]
     fn local_bus_delivers_to_the_attached_sink() {
-        let bus = LocalBus::default();
+        let bus = Bus::in_memory();
         let msg = BusMessage::TerminateUser {
             app: "1".into(),
             user_id: "u".into(),

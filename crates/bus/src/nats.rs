@@ -8,7 +8,7 @@
 //! is published meanwhile (see docs/architecture.md).
 
 use crate::subject::{control_subject, event_subject};
-use crate::{Bus, BusError, BusMessage, Sink};
+use crate::{BusError, BusMessage, Sink};
 use async_nats::connection::State;
 use async_nats::{Client, ConnectOptions};
 use futures::future::BoxFuture;
@@ -103,7 +103,7 @@ impl Drop for Subscription {
     }
 }
 
-pub struct NatsBus {
+pub(crate) struct NatsBus {
     client: Client,
     prefix: String,
     sink: Arc<OnceLock<Arc<dyn Sink>>>,
@@ -146,16 +146,18 @@ impl Barrier {
     }
 
     /// Resolves once the server has processed everything sent before it.
-    async fn pass(&self, client: &Client) -> Result<(), String> {
+    async fn pass(&self, client: &Client) -> Result<(), BusError> {
         let token = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.waiting.lock().insert(token, tx);
         let sent = client
             .publish(self.subject.clone(), token.to_string().into())
             .await
-            .map_err(|e| e.to_string());
+            .map_err(|e| BusError::Unavailable(e.to_string()));
         let outcome = match sent {
-            Ok(()) => rx.await.map_err(|_| "barrier dropped".to_owned()),
+            Ok(()) => rx
+                .await
+                .map_err(|_| BusError::Unavailable("barrier dropped".into())),
             Err(e) => Err(e),
         };
         self.waiting.lock().remove(&token);
@@ -164,7 +166,7 @@ impl Barrier {
 }
 
 impl NatsBus {
-    pub fn new(client: Client, prefix: &str) -> Self {
+    pub(crate) fn new(client: Client, prefix: &str) -> Self {
         let inbox = client.new_inbox();
         let unique = inbox.rsplit('.').next().unwrap_or("barrier");
         Self {
@@ -176,15 +178,13 @@ impl NatsBus {
         }
     }
 
-    /// Connects the receiving side (the gateway); called once at startup.
-    pub fn attach(&self, sink: Arc<dyn Sink>) {
+    pub(crate) fn attach(&self, sink: Arc<dyn Sink>) {
         if self.sink.set(sink).is_err() {
             panic!("NatsBus::attach called twice");
         }
     }
 
-    /// Receives the control messages of `apps` (gateway role).
-    pub fn listen_control(&self, apps: &[String]) {
+    pub(crate) fn listen_control(&self, apps: &[String]) {
         let mut subs = self.subscriptions.lock();
         for app in apps {
             let subject = control_subject(&self.prefix, app);
@@ -225,40 +225,37 @@ impl NatsBus {
         });
         Subscription { task, live }
     }
-}
 
-impl Bus for NatsBus {
-    fn publish(&self, message: BusMessage) -> BoxFuture<'static, Result<(), BusError>> {
-        let subject = match &message {
+    /// Publishes on the message's subject and waits for the server to
+    /// have processed it (a barrier round trip).
+    pub(crate) async fn publish(&self, message: &BusMessage) -> Result<(), BusError> {
+        let subject = match message {
             BusMessage::Event(e) => event_subject(&self.prefix, &e.app, &e.channel),
             BusMessage::TerminateUser { app, .. } => control_subject(&self.prefix, app),
         };
         let payload = bytes::Bytes::from(message.encode());
-        let client = self.client.clone();
-        let barrier = self.barrier.clone();
-        Box::pin(async move {
-            if client.connection_state() != State::Connected {
-                return Err(BusError::Unavailable("NATS is not connected".into()));
-            }
-            let sent = tokio::time::timeout(PUBLISH_TIMEOUT, async {
-                client
-                    .publish(subject, payload)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                barrier.pass(&client).await
-            })
-            .await;
-            match sent {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(BusError::Unavailable(e)),
-                Err(_) => Err(BusError::Unavailable(
-                    "NATS did not acknowledge the publish in time".into(),
-                )),
-            }
+        if self.client.connection_state() != State::Connected {
+            return Err(BusError::NotConnected);
+        }
+        let sent = tokio::time::timeout(PUBLISH_TIMEOUT, async {
+            self.client
+                .publish(subject, payload)
+                .await
+                .map_err(|e| BusError::Unavailable(e.to_string()))?;
+            self.barrier.pass(&self.client).await
         })
+        .await;
+        sent.unwrap_or(Err(BusError::PublishTimeout))
     }
 
-    fn set_interest(&self, app: &str, channel: &str, interested: bool) -> BoxFuture<'static, ()> {
+    /// Subscribes to (or drops) the channel's subject at once; the future
+    /// waits (bounded) until the subscription is live.
+    pub(crate) fn set_interest(
+        &self,
+        app: &str,
+        channel: &str,
+        interested: bool,
+    ) -> BoxFuture<'static, ()> {
         let subject = event_subject(&self.prefix, app, channel);
         let mut subs = self.subscriptions.lock();
         if !interested {

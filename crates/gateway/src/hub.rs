@@ -25,7 +25,7 @@ type Sockets = HashMap<Arc<str>, Peer>;
 /// One app's local sockets.
 pub struct AppHub {
     pub config: Arc<AppConfig>,
-    bus: Arc<dyn Bus>,
+    bus: Arc<Bus>,
     connections: AtomicUsize,
     /// Every open connection, for shutdown.
     peers: RwLock<Sockets>,
@@ -68,7 +68,7 @@ fn remove(
 }
 
 impl AppHub {
-    fn new(config: Arc<AppConfig>, bus: Arc<dyn Bus>) -> Self {
+    fn new(config: Arc<AppConfig>, bus: Arc<Bus>) -> Self {
         Self {
             config,
             bus,
@@ -148,7 +148,7 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(apps: &[Arc<AppConfig>], bus: Arc<dyn Bus>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(apps: &[Arc<AppConfig>], bus: Arc<Bus>, metrics: Arc<Metrics>) -> Self {
         Self {
             apps: apps
                 .iter()
@@ -331,7 +331,7 @@ mod tests {
         let app = Arc::new(AppConfig::new("1", "k", "s"));
         let hub = Hub::new(
             &[app],
-            Arc::new(herald_bus::LocalBus::default()),
+            Arc::new(herald_bus::Bus::in_memory()),
             Arc::new(Metrics::new()),
         );
         let a = hub.app("1").unwrap();
@@ -372,7 +372,7 @@ mod tests {
         cfg.max_connections = 1;
         let hub = Hub::new(
             &[Arc::new(cfg)],
-            Arc::new(herald_bus::LocalBus::default()),
+            Arc::new(herald_bus::Bus::in_memory()),
             Arc::new(Metrics::new()),
         );
         let a = hub.app("1").unwrap();

@@ -68,7 +68,7 @@ pub struct Gateway {
     apps_by_key: HashMap<String, Arc<AppConfig>>,
     hub: Arc<Hub>,
     state: Arc<ChannelState>,
-    bus: Arc<dyn Bus>,
+    bus: Arc<Bus>,
     metrics: Arc<Metrics>,
     /// Where client events and cache misses are reported as webhooks.
     webhooks: Arc<Webhooks>,
@@ -84,7 +84,7 @@ impl Gateway {
         settings: Settings,
         apps: &[Arc<AppConfig>],
         state: Arc<ChannelState>,
-        bus: Arc<dyn Bus>,
+        bus: Arc<Bus>,
         metrics: Arc<Metrics>,
         webhooks: Arc<Webhooks>,
     ) -> Arc<Self> {

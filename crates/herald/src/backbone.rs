@@ -3,8 +3,7 @@
 //! the one place where standalone and cluster part ways.
 
 use crate::Role;
-use herald_bus::nats::NatsBus;
-use herald_bus::{Bus, LocalBus};
+use herald_bus::Bus;
 use herald_config::Config;
 use herald_metrics::Metrics;
 use herald_state::kv::{KvMetrics, KvSettings};
@@ -14,9 +13,7 @@ use std::time::Duration;
 
 pub struct Backbone {
     pub state: Arc<ChannelState>,
-    pub bus: Arc<dyn Bus>,
-    pub local: Option<Arc<LocalBus>>,
-    pub nats: Option<Arc<NatsBus>>,
+    pub bus: Arc<Bus>,
     /// Cluster mode's JetStream (webhook queue).
     pub js: Option<async_nats::jetstream::Context>,
 }
@@ -33,12 +30,9 @@ pub async fn open(
     if role == Role::Standalone {
         metrics.set_bus_connected(true);
         metrics.kv_healthy.set(1);
-        let local = Arc::new(LocalBus::default());
         return Ok(Backbone {
             state: Arc::new(ChannelState::in_memory()),
-            bus: local.clone(),
-            local: Some(local),
-            nats: None,
+            bus: Arc::new(Bus::in_memory()),
             js: None,
         });
     }
@@ -69,12 +63,9 @@ pub async fn open(
         }
     };
     let js = async_nats::jetstream::new(client.clone());
-    let nats = Arc::new(NatsBus::new(client, &n.subject_prefix));
     Ok(Backbone {
         state: Arc::new(state),
-        bus: nats.clone(),
-        local: None,
-        nats: Some(nats),
+        bus: Arc::new(Bus::nats(client, &n.subject_prefix)),
         js: Some(js),
     })
 }

@@ -190,13 +190,10 @@ fn routes(
             webhooks,
         );
         backbone.state.add_listener(gateway.hub());
-        if let Some(local) = &backbone.local {
-            local.attach(gateway.hub());
-        }
-        if let Some(nats) = &backbone.nats {
-            nats.attach(gateway.hub());
-            nats.listen_control(&apps.iter().map(|a| a.id.clone()).collect::<Vec<_>>());
-        }
+        backbone.bus.attach(gateway.hub());
+        backbone
+            .bus
+            .listen_control(&apps.iter().map(|a| a.id.clone()).collect::<Vec<_>>());
         gateway
     });
     let ingest = role.serves_api().then(|| {

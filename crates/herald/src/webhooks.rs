@@ -36,7 +36,7 @@ pub async fn start(
             let dead = Arc::new(DeadLetters::in_memory());
             let sender = Sender::start(apps, &delivery, dead.clone(), metrics.clone(), None)
                 .map_err(anyhow::Error::msg)?;
-            (Arc::new(Queue::Memory(sender)), dead)
+            (Arc::new(Queue::in_memory(sender)), dead)
         }
         Some(js) => {
             // NATS is up (the channel state just opened); the streams may still be new.
@@ -44,8 +44,8 @@ pub async fn start(
                 tracing::warn!(error = %e, "webhook streams unavailable; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            let queue = Arc::new(Queue::jetstream(js.clone(), &config.nats, metrics.clone()));
-            let dead = Arc::new(DeadLetters::jetstream(js.clone(), &config.nats));
+            let queue = Arc::new(Queue::nats(js.clone(), &config.nats, metrics.clone()));
+            let dead = Arc::new(DeadLetters::nats(js.clone(), &config.nats));
             if sends {
                 let ack_wait = Duration::from_secs(config.nats.webhook_ack_wait_secs);
                 let keep_alive = (ack_wait / 3).max(Duration::from_millis(200));

@@ -44,7 +44,7 @@ pub struct Ingest {
     /// Per-app request budgets, for apps with `max_api_requests_per_second`.
     budgets: RequestBudgets,
     state: Arc<ChannelState>,
-    bus: Arc<dyn Bus>,
+    bus: Arc<Bus>,
     metrics: Arc<Metrics>,
     /// How long a request body may take to arrive (`body_timeout`).
     body_timeout: std::time::Duration,
@@ -62,7 +62,7 @@ impl Ingest {
     pub fn new(
         apps: &[Arc<AppConfig>],
         state: Arc<ChannelState>,
-        bus: Arc<dyn Bus>,
+        bus: Arc<Bus>,
         metrics: Arc<Metrics>,
         body_timeout: std::time::Duration,
     ) -> Self {

@@ -11,9 +11,11 @@
 //! replicates them through JetStream KV (see `kv`) and applies them as the
 //! watch delivers them, in the same order on every node.
 
+mod error;
 pub mod kv;
 pub mod view;
 
+pub use error::StateError;
 use herald_protocol::unix_millis;
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -178,8 +180,17 @@ impl Replica {
 
 pub struct ChannelState {
     shared: Arc<Shared>,
-    /// Cluster mode's replicated store; standalone applies writes directly.
-    store: Option<kv::KvStore>,
+    backend: Backend,
+}
+
+/// Where this node's writes go (see "Standalone or cluster" in
+/// docs/architecture.md).
+enum Backend {
+    /// Standalone: writes are applied to the view directly.
+    Memory,
+    /// Cluster: writes are replicated through JetStream KV and applied as
+    /// the watch delivers them.
+    Nats(kv::KvStore),
 }
 
 fn bump<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: K, up: bool) -> usize {
@@ -207,7 +218,7 @@ impl ChannelState {
                 replica: Replica::default(),
                 local: Default::default(),
             }),
-            store: None,
+            backend: Backend::Memory,
         }
     }
 
@@ -217,7 +228,7 @@ impl ChannelState {
         client: async_nats::Client,
         node: &str,
         settings: &kv::KvSettings,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, StateError> {
         let shared = Arc::new(Shared {
             node: node.to_owned(),
             replica: Replica::default(),
@@ -226,7 +237,7 @@ impl ChannelState {
         let store = kv::KvStore::open(client, settings, shared.clone()).await?;
         Ok(Self {
             shared,
-            store: Some(store),
+            backend: Backend::Nats(store),
         })
     }
 
@@ -237,9 +248,9 @@ impl ChannelState {
     }
 
     async fn write(&self, change: Change) {
-        match &self.store {
-            Some(store) => store.write(&change).await,
-            None => self.shared.replica.apply(change, None),
+        match &self.backend {
+            Backend::Nats(store) => store.write(&change).await,
+            Backend::Memory => self.shared.replica.apply(change, None),
         }
     }
 
@@ -365,7 +376,7 @@ impl ChannelState {
         channel: &str,
         event: &str,
         data: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), StateError> {
         let event = CachedEvent {
             event: event.into(),
             data: data.into(),
@@ -377,9 +388,9 @@ impl ChannelState {
             event: Some(event),
         };
         // Not owned by a node, so nothing would re-assert it: report failures.
-        match &self.store {
-            Some(store) => store.write_checked(&change).await,
-            None => {
+        match &self.backend {
+            Backend::Nats(store) => store.write_checked(&change).await,
+            Backend::Memory => {
                 self.shared.replica.apply(change, None);
                 Ok(())
             }

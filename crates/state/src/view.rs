@@ -135,103 +135,136 @@ impl View {
                 channel,
                 node,
                 count,
-            } => {
-                let app_view = self.apps.entry(app.clone()).or_default();
-                let entry = app_view.channels.entry(channel.clone()).or_default();
-                let before = entry.subscription_count();
-                if count == 0 {
-                    entry.subscriptions.remove(&node);
-                } else {
-                    entry.subscriptions.insert(node, count);
-                }
-                let after = entry.subscription_count();
-                if entry.is_empty() {
-                    app_view.channels.remove(&channel);
-                }
-                (before != after).then_some(Transition::SubscriptionCount {
-                    app,
-                    channel,
-                    previous: before,
-                    count: after,
-                })
-            }
+            } => self.apply_subscriptions(app, channel, node, count),
             Change::Member {
                 app,
                 channel,
                 user,
                 node,
                 info,
-            } => {
-                let app_view = self.apps.entry(app.clone()).or_default();
-                let entry = app_view.channels.entry(channel.clone()).or_default();
-                let transition = match info {
-                    Some(info) => {
-                        let nodes = entry.members.entry(user.clone()).or_default();
-                        let first = nodes.is_empty();
-                        nodes.insert(node, info.clone());
-                        first.then_some(Transition::MemberAdded {
-                            app,
-                            channel: channel.clone(),
-                            user,
-                            info,
-                        })
-                    }
-                    None => {
-                        let removed = entry
-                            .members
-                            .get_mut(&user)
-                            .is_some_and(|nodes| nodes.remove(&node).is_some() && nodes.is_empty());
-                        removed.then(|| {
-                            entry.members.remove(&user);
-                            Transition::MemberRemoved {
-                                app,
-                                channel: channel.clone(),
-                                user,
-                            }
-                        })
-                    }
-                };
-                if entry.is_empty() {
-                    app_view.channels.remove(&channel);
-                }
-                transition
-            }
+            } => self.apply_member(app, channel, user, node, info),
             Change::Online {
                 app,
                 user,
                 node,
                 online,
-            } => {
-                let app_view = self.apps.entry(app.clone()).or_default();
-                if online {
-                    let nodes = app_view.online.entry(user.clone()).or_default();
-                    let first = nodes.is_empty();
-                    nodes.insert(node);
-                    first.then_some(Transition::UserOnline { app, user })
-                } else {
-                    let removed = app_view
-                        .online
-                        .get_mut(&user)
-                        .is_some_and(|nodes| nodes.remove(&node) && nodes.is_empty());
-                    removed.then(|| {
-                        app_view.online.remove(&user);
-                        Transition::UserOffline { app, user }
-                    })
-                }
-            }
+            } => self.apply_online(app, user, node, online),
             Change::Cache {
                 app,
                 channel,
                 event,
             } => {
-                let app_view = self.apps.entry(app).or_default();
-                let entry = app_view.channels.entry(channel.clone()).or_default();
-                entry.cache = event;
-                if entry.is_empty() {
-                    app_view.channels.remove(&channel);
-                }
+                self.apply_cache(app, channel, event);
                 None
             }
+        }
+    }
+
+    /// A node's subscription count for a channel (0: none).
+    fn apply_subscriptions(
+        &mut self,
+        app: String,
+        channel: String,
+        node: String,
+        count: usize,
+    ) -> Option<Transition> {
+        let app_view = self.apps.entry(app.clone()).or_default();
+        let entry = app_view.channels.entry(channel.clone()).or_default();
+        let before = entry.subscription_count();
+        if count == 0 {
+            entry.subscriptions.remove(&node);
+        } else {
+            entry.subscriptions.insert(node, count);
+        }
+        let after = entry.subscription_count();
+        if entry.is_empty() {
+            app_view.channels.remove(&channel);
+        }
+        (before != after).then_some(Transition::SubscriptionCount {
+            app,
+            channel,
+            previous: before,
+            count: after,
+        })
+    }
+
+    /// A node's connection of a presence member (`info` None: gone).
+    fn apply_member(
+        &mut self,
+        app: String,
+        channel: String,
+        user: String,
+        node: String,
+        info: Option<String>,
+    ) -> Option<Transition> {
+        let app_view = self.apps.entry(app.clone()).or_default();
+        let entry = app_view.channels.entry(channel.clone()).or_default();
+        let transition = match info {
+            Some(info) => {
+                let nodes = entry.members.entry(user.clone()).or_default();
+                let first = nodes.is_empty();
+                nodes.insert(node, info.clone());
+                first.then_some(Transition::MemberAdded {
+                    app,
+                    channel: channel.clone(),
+                    user,
+                    info,
+                })
+            }
+            None => {
+                let removed = entry
+                    .members
+                    .get_mut(&user)
+                    .is_some_and(|nodes| nodes.remove(&node).is_some() && nodes.is_empty());
+                removed.then(|| {
+                    entry.members.remove(&user);
+                    Transition::MemberRemoved {
+                        app,
+                        channel: channel.clone(),
+                        user,
+                    }
+                })
+            }
+        };
+        if entry.is_empty() {
+            app_view.channels.remove(&channel);
+        }
+        transition
+    }
+
+    /// Whether a user is signed in on a node.
+    fn apply_online(
+        &mut self,
+        app: String,
+        user: String,
+        node: String,
+        online: bool,
+    ) -> Option<Transition> {
+        let app_view = self.apps.entry(app.clone()).or_default();
+        if online {
+            let nodes = app_view.online.entry(user.clone()).or_default();
+            let first = nodes.is_empty();
+            nodes.insert(node);
+            first.then_some(Transition::UserOnline { app, user })
+        } else {
+            let removed = app_view
+                .online
+                .get_mut(&user)
+                .is_some_and(|nodes| nodes.remove(&node) && nodes.is_empty());
+            removed.then(|| {
+                app_view.online.remove(&user);
+                Transition::UserOffline { app, user }
+            })
+        }
+    }
+
+    /// A cache channel's last event (None: expired or gone).
+    fn apply_cache(&mut self, app: String, channel: String, event: Option<CachedEvent>) {
+        let app_view = self.apps.entry(app).or_default();
+        let entry = app_view.channels.entry(channel.clone()).or_default();
+        entry.cache = event;
+        if entry.is_empty() {
+            app_view.channels.remove(&channel);
         }
     }
 

@@ -21,16 +21,24 @@
 //! - Standalone keeps the queue in memory: pending webhooks do not survive
 //!   a restart of the process.
 //!
-//! Modules: `queue` (where events wait: memory or JetStream), `sender`
-//! (batching, signing, POSTing, retrying), `dead` (dead letters and the
-//! admin endpoints that list and replay them).
+//! Modules: `queued` (an event on its way, the type the others share),
+//! `queue` (where events wait: memory or JetStream), `sender` (batching,
+//! signing, POSTing, retrying), `dead` (dead letters), `admin` (the admin
+//! endpoints that list and replay them), `error`. Dependencies run one
+//! way: admin → queue → sender → dead → queued.
 
+mod admin;
 mod dead;
+mod error;
 mod queue;
+mod queued;
 mod sender;
 
-pub use dead::{DeadLetter, DeadLetters, WebhookAdmin};
+pub use admin::WebhookAdmin;
+pub use dead::{DeadLetter, DeadLetters};
+pub use error::WebhookError;
 pub use queue::{consume, ensure_streams, Queue};
+pub use queued::Queued;
 pub use sender::Sender;
 
 use herald_config::AppConfig;
@@ -39,22 +47,10 @@ use herald_protocol::unix_millis;
 use herald_protocol::webhook::{WebhookEvent, WebhookKind};
 use herald_state::{Listener, Origin, Transition};
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// One event for one receiver, as it waits in the queue.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Queued {
-    pub app_id: String,
-    /// Index of the receiver in the app's `webhooks`.
-    pub target: usize,
-    /// Unix milliseconds when it was queued; the retry window starts here.
-    pub queued_ms: u64,
-    pub event: WebhookEvent,
-}
 
 /// (app, channel, user): what a held-back event is about; no user for the channel itself.
 type HeldKey = (String, String, Option<String>);

@@ -5,8 +5,9 @@
 //! message id, which the ingest processes consume through one shared
 //! durable consumer; a second stream keeps the dead letters.
 
-use crate::sender::{Ack, Pending, Sender};
-use crate::Queued;
+use crate::error::WebhookError;
+use crate::queued::{Ack, Pending, Queued};
+use crate::sender::Sender;
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream, Context};
 use futures::StreamExt;
 use herald_config::NatsConfig;
@@ -30,11 +31,15 @@ const DEAD_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 const MAX_ACK_PENDING: i64 = 20_000;
 const CONSUMER: &str = "herald-webhook-sender";
 
-pub enum Queue {
+/// Where this process queues webhook events (see "Standalone or cluster"
+/// in docs/architecture.md).
+pub struct Queue(Backend);
+
+enum Backend {
     /// Standalone: straight to this process's sender.
     Memory(Arc<Sender>),
     /// Cluster: to the JetStream stream, through a publishing task.
-    JetStream {
+    Nats {
         backlog: mpsc::Sender<(Queued, Option<String>)>,
         js: Box<JsQueue>,
     },
@@ -42,7 +47,7 @@ pub enum Queue {
 
 /// Publishing into the cluster's webhook stream.
 #[derive(Clone)]
-pub struct JsQueue {
+struct JsQueue {
     js: Context,
     subject_prefix: String,
     metrics: Arc<Metrics>,
@@ -50,7 +55,7 @@ pub struct JsQueue {
 
 impl JsQueue {
     /// Publishes one event; `id` makes a repeat within the duplicate window a no-op.
-    async fn publish(&self, queued: &Queued, id: Option<&str>) -> Result<(), String> {
+    async fn publish(&self, queued: &Queued, id: Option<&str>) -> Result<(), WebhookError> {
         let subject = format!(
             "{}.wh.{}",
             self.subject_prefix,
@@ -65,9 +70,9 @@ impl JsQueue {
             .js
             .send_publish(subject, publish)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(WebhookError::nats)?
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(WebhookError::nats)?;
         if !ack.duplicate {
             self.metrics
                 .webhook_queued
@@ -80,16 +85,15 @@ impl JsQueue {
     /// Publishes with a few retries (NATS may be reconnecting); the id makes
     /// retrying safe.
     async fn publish_retrying(&self, queued: Queued, id: Option<String>) {
-        let mut last_error = String::new();
-        for attempt in 0..5u64 {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
-            }
+        let mut attempt = 0;
+        let last_error = loop {
             match self.publish(&queued, id.as_deref()).await {
                 Ok(()) => return,
-                Err(e) => last_error = e,
+                Err(e) if attempt == 4 => break e,
+                Err(_) => attempt += 1,
             }
-        }
+            tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
+        };
         self.metrics
             .webhook_queue_failures
             .with_label_values(&[&queued.app_id])
@@ -99,8 +103,13 @@ impl JsQueue {
 }
 
 impl Queue {
+    /// The standalone queue: events go straight to this process's sender.
+    pub fn in_memory(sender: Arc<Sender>) -> Self {
+        Self(Backend::Memory(sender))
+    }
+
     /// The cluster queue; publishes from a background task.
-    pub fn jetstream(js: Context, nats: &NatsConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn nats(js: Context, nats: &NatsConfig, metrics: Arc<Metrics>) -> Self {
         let js = JsQueue {
             js,
             subject_prefix: nats.subject_prefix.clone(),
@@ -115,16 +124,16 @@ impl Queue {
                 tokio::spawn(async move { publisher.publish_retrying(queued, id).await });
             }
         });
-        Self::JetStream {
+        Self(Backend::Nats {
             backlog,
             js: Box::new(js),
-        }
+        })
     }
 
     /// Queues an event without waiting (called from state transitions).
     pub(crate) fn push(&self, queued: Queued, id: Option<String>) {
-        match self {
-            Self::Memory(sender) => {
+        match &self.0 {
+            Backend::Memory(sender) => {
                 sender
                     .metrics()
                     .webhook_queued
@@ -132,7 +141,7 @@ impl Queue {
                     .inc();
                 sender.route(Pending::new(queued, Ack::Memory));
             }
-            Self::JetStream { backlog, js } => {
+            Backend::Nats { backlog, js } => {
                 if let Err(e) = backlog.try_send((queued, id)) {
                     let queued = match e {
                         mpsc::error::TrySendError::Full(q)
@@ -149,19 +158,19 @@ impl Queue {
     }
 
     /// Queues an event and waits until it is stored (replay of dead letters).
-    pub(crate) async fn push_now(&self, queued: Queued) -> Result<(), String> {
-        match self {
-            Self::Memory(_) => {
+    pub(crate) async fn push_now(&self, queued: Queued) -> Result<(), WebhookError> {
+        match &self.0 {
+            Backend::Memory(_) => {
                 self.push(queued, None);
                 Ok(())
             }
-            Self::JetStream { js, .. } => js.publish(&queued, None).await,
+            Backend::Nats { js, .. } => js.publish(&queued, None).await,
         }
     }
 }
 
 /// Creates the webhook and dead-letter streams if they are missing.
-pub async fn ensure_streams(js: &Context, nats: &NatsConfig) -> Result<(), String> {
+pub async fn ensure_streams(js: &Context, nats: &NatsConfig) -> Result<(), WebhookError> {
     let prefix = &nats.subject_prefix;
     for (name, subject, retention, max_age) in [
         (
@@ -188,7 +197,10 @@ pub async fn ensure_streams(js: &Context, nats: &NatsConfig) -> Result<(), Strin
             ..Default::default()
         })
         .await
-        .map_err(|e| format!("webhook stream {name}: {e}"))?;
+        .map_err(|source| WebhookError::Stream {
+            name: name.clone(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -206,12 +218,16 @@ pub fn consume(js: Context, nats: NatsConfig, sender: Arc<Sender>) {
     });
 }
 
-async fn consume_once(js: &Context, nats: &NatsConfig, sender: &Sender) -> Result<(), String> {
+async fn consume_once(
+    js: &Context,
+    nats: &NatsConfig,
+    sender: &Sender,
+) -> Result<(), WebhookError> {
     ensure_streams(js, nats).await?;
     let stream = js
         .get_stream(&nats.webhook_stream)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(WebhookError::nats)?;
     let config = consumer::pull::Config {
         durable_name: Some(CONSUMER.into()),
         ack_policy: consumer::AckPolicy::Explicit,
@@ -225,11 +241,11 @@ async fn consume_once(js: &Context, nats: &NatsConfig, sender: &Sender) -> Resul
         Err(_) => stream
             .get_consumer(CONSUMER)
             .await
-            .map_err(|e| e.to_string())?,
+            .map_err(WebhookError::nats)?,
     };
-    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let mut messages = consumer.messages().await.map_err(WebhookError::nats)?;
     while let Some(message) = messages.next().await {
-        let message = message.map_err(|e| e.to_string())?;
+        let message = message.map_err(WebhookError::nats)?;
         match serde_json::from_slice::<Queued>(&message.payload) {
             Ok(queued) => {
                 sender
@@ -242,5 +258,5 @@ async fn consume_once(js: &Context, nats: &NatsConfig, sender: &Sender) -> Resul
             }
         }
     }
-    Err("the consumer's message stream ended".into())
+    Err(WebhookError::ConsumerEnded)
 }

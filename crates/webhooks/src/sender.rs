@@ -7,8 +7,9 @@
 //! drains in full batches.
 
 use crate::dead::{DeadLetter, DeadLetters};
-use crate::Queued;
-use async_nats::jetstream::{self, AckKind};
+use crate::error::WebhookError;
+use crate::queued::{Ack, Pending};
+use async_nats::jetstream::AckKind;
 use herald_config::{AppConfig, WebhookDelivery};
 use herald_metrics::Metrics;
 use herald_protocol::unix_millis;
@@ -25,57 +26,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// are refused (standalone) or the JetStream consumer waits.
 const TARGET_BACKLOG: usize = 100_000;
 
-/// How a delivered (or dead) event is let go of.
-pub(crate) enum Ack {
-    /// Standalone: nothing to tell anyone.
-    Memory,
-    /// Cluster: acknowledged to the stream, which then deletes it.
-    JetStream(Box<jetstream::Message>),
-}
-
-impl Ack {
-    fn sequence(&self) -> Option<u64> {
-        match self {
-            Self::Memory => None,
-            Self::JetStream(m) => m.info().ok().map(|i| i.stream_sequence),
-        }
-    }
-
-    async fn done(&self) {
-        if let Self::JetStream(m) = self {
-            if let Err(e) = m.ack().await {
-                tracing::warn!(error = %e, "webhook acknowledgement failed; it will be sent again");
-            }
-        }
-    }
-
-    /// Tells the stream the event is still being worked on (not redelivered).
-    async fn in_progress(&self) {
-        if let Self::JetStream(m) = self {
-            let _ = m.ack_with(AckKind::Progress).await;
-        }
-    }
-}
-
-/// An event on its way to its receiver.
-pub(crate) struct Pending {
-    queued: Queued,
-    attempts: u32,
-    last_error: String,
-    ack: Ack,
-}
-
-impl Pending {
-    pub(crate) fn new(queued: Queued, ack: Ack) -> Self {
-        Self {
-            queued,
-            attempts: 0,
-            last_error: String::new(),
-            ack,
-        }
-    }
-}
-
 /// This process's delivery of webhooks to every configured receiver.
 pub struct Sender {
     targets: HashMap<(String, usize), mpsc::Sender<Pending>>,
@@ -91,7 +41,7 @@ impl Sender {
         dead: Arc<DeadLetters>,
         metrics: Arc<Metrics>,
         keep_alive: Option<Duration>,
-    ) -> Result<Arc<Self>, String> {
+    ) -> Result<Arc<Self>, WebhookError> {
         let client = reqwest::Client::builder()
             .timeout(delivery.timeout)
             .connect_timeout(delivery.timeout)
@@ -100,7 +50,7 @@ impl Sender {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("herald-webhooks/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("webhook HTTP client: {e}"))?;
+            .map_err(WebhookError::HttpClient)?;
         let mut targets = HashMap::new();
         for app in apps {
             for (index, hook) in app.webhooks.iter().enumerate() {
@@ -219,7 +169,7 @@ fn describe(error: &reqwest::Error) -> String {
 }
 
 impl Target {
-    async fn post(&self, events: &[WebhookEvent]) -> Result<(), String> {
+    async fn post(&self, events: &[WebhookEvent]) -> Result<(), WebhookError> {
         let (body, signature) = signed_body(&self.app.secret, unix_millis(), events);
         let response = self
             .client
@@ -230,12 +180,12 @@ impl Target {
             .body(body)
             .send()
             .await
-            .map_err(|e| describe(&e))?;
+            .map_err(|e| WebhookError::Request(describe(&e)))?;
         let status = response.status();
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("HTTP {status}"))
+            Err(WebhookError::Status(status))
         }
     }
 
@@ -329,13 +279,13 @@ impl Target {
 
     /// A failed batch: events past their retry window become dead letters,
     /// the rest go back to the front of the queue in order.
-    async fn fail(&self, batch: Vec<Pending>, error: &str, backlog: &mut Backlog) {
+    async fn fail(&self, batch: Vec<Pending>, error: &WebhookError, backlog: &mut Backlog) {
         let app = &self.app.id;
         let window = self.delivery.retry_window.as_millis() as u64;
         let now = unix_millis();
         for mut pending in batch.into_iter().rev() {
             pending.attempts += 1;
-            pending.last_error = error.to_owned();
+            pending.last_error = error.to_string();
             if now.saturating_sub(pending.queued.queued_ms) < window {
                 self.metrics.webhook_retries.with_label_values(&[app]).inc();
                 backlog.queue.push_front(pending);

@@ -1,0 +1,25 @@
+//! What can go wrong with the replicated channel state. Every variant
+//! displays what the log lines and the HTTP API's 503 bodies have always
+//! said (docs/operations.md), so callers just print it.
+
+use async_nats::jetstream::{context, kv};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot open KV bucket {bucket}: {source}")]
+    OpenBucket {
+        bucket: String,
+        source: context::CreateKeyValueError,
+    },
+    #[error("KV bucket {bucket} unavailable: {source}")]
+    BucketUnavailable {
+        bucket: String,
+        source: async_nats::Error,
+    },
+    #[error(transparent)]
+    Put(#[from] kv::PutError),
+    #[error(transparent)]
+    Purge(#[from] kv::PurgeError),
+    #[error(transparent)]
+    Heartbeat(#[from] context::PublishError),
+}

@@ -1,0 +1,206 @@
+//! The replicated store of cluster mode: JetStream KV.
+//!
+//! Every entry a node owns is one key that names the node, so nodes never
+//! write each other's keys and a node's entries can be found by its id:
+//!
+//! | key (tokens encoded with `herald_protocol::token`) | value |
+//! | --- | --- |
+//! | `n.{node}` | heartbeat: written every `node_ttl / 3` with a per-message TTL of `node_ttl` |
+//! | `s.{app}.{channel}.{node}` | the node's subscription count (decimal) |
+//! | `m.{app}.{channel}.{user}.{node}` | the member's `user_info` JSON |
+//! | `o.{app}.{user}.{node}` | `1` while the user is signed in on the node |
+//!
+//! Cache channels' last events live in a second bucket whose `max_age` is
+//! Pusher's 30-minute cache lifetime: `c.{app}.{channel}` → JSON.
+//!
+//! Every node (gateways and ingests) watches both buckets from the start and
+//! folds the entries into its [`View`](crate::View) in stream order, so all
+//! nodes see the same transitions. A node's own put is complete once its
+//! watch has applied that revision, which is what makes "member_added
+//! before subscription_succeeded" and read-your-writes hold across the
+//! cluster.
+//!
+//! Liveness costs one write per node per beat, however many members it has.
+//! When a heartbeat expires, the server's limit marker (NATS 2.11+) shows up
+//! in every watch at the same stream position: every node drops the dead
+//! node's entries from its view at once, telling its own sockets
+//! `member_removed`, and the live node with the lowest id deletes the keys.
+//! A node that never heartbeats again after a restart of NATS or of the
+//! watching node is dropped by a sweep after `node_ttl` plus a grace period.
+//! A live node whose entries were removed (its heartbeat lapsed, or NATS
+//! lost its data) writes them again from its local counts.
+
+//!
+//! Modules, one concern each: `keys` (how changes and heartbeats are
+//! spelled as keys), `liveness` (which nodes are alive), `watch` (folding
+//! the buckets into the view), `store` (writes, heartbeats, re-assertion
+//! and the removal of dead nodes).
+
+mod keys;
+mod liveness;
+mod store;
+mod watch;
+
+use crate::{Change, Shared, StateError};
+use async_nats::jetstream::kv::Store;
+use async_nats::jetstream::Context;
+use liveness::Liveness;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// How long a node waits for its own write to come back through the watch.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long delete markers of expired heartbeats stay in the bucket.
+const MARKER_TTL: Duration = Duration::from_secs(60);
+
+/// Bucket names, replication and liveness timing.
+#[derive(Debug, Clone)]
+pub struct KvSettings {
+    pub state_bucket: String,
+    pub cache_bucket: String,
+    pub replicas: usize,
+    /// A node whose heartbeat is this old is dead; beats go out every third of it.
+    pub node_ttl: Duration,
+    pub metrics: KvMetrics,
+}
+
+/// What the store reports to Prometheus.
+#[derive(Debug, Clone)]
+pub struct KvMetrics {
+    pub write_failures: prometheus::IntCounter,
+    pub apply_seconds: prometheus::Histogram,
+    pub nodes_removed: prometheus::IntCounter,
+    pub healthy: prometheus::IntGauge,
+}
+
+/// What the watchers, the keep-alive task and the writers share.
+struct Inner {
+    shared: Arc<Shared>,
+    js: Context,
+    settings: KvSettings,
+    state: Store,
+    cache: Store,
+    state_applied: tokio::sync::watch::Receiver<u64>,
+    cache_applied: tokio::sync::watch::Receiver<u64>,
+    /// The revision of each live key as this node's view has applied it.
+    /// A put is complete when its own key shows its revision here; a bare
+    /// stream position would mislead right after a bucket is re-created.
+    applied_keys: Mutex<HashMap<String, u64>>,
+    liveness: Liveness,
+    /// Rewrite every local entry (they were removed while this node lived).
+    reassert: Notify,
+    /// A re-assert is running (at most one at a time).
+    reasserting: AtomicBool,
+    /// Whether this node's last heartbeat was accepted by NATS.
+    beating: AtomicBool,
+    /// Dead nodes whose keys are still to be deleted, and when they died.
+    cleanups: Mutex<HashMap<String, (Instant, Vec<Change>)>>,
+    client: async_nats::Client,
+}
+
+pub(crate) struct KvStore {
+    inner: Arc<Inner>,
+}
+
+impl KvStore {
+    /// Opens the buckets, heartbeats, reads every existing entry into the
+    /// view, and clears what a previous life of this node id left behind.
+    pub(crate) async fn open(
+        client: async_nats::Client,
+        settings: &KvSettings,
+        shared: Arc<Shared>,
+    ) -> Result<Self, StateError> {
+        let client_for_state = client.clone();
+        let js = async_nats::jetstream::new(client);
+        let state = store::open_bucket(
+            &js,
+            &settings.state_bucket,
+            settings.replicas,
+            Duration::ZERO,
+        )
+        .await?;
+        let cache_ttl = Duration::from_millis(crate::CACHE_TTL_MS);
+        let cache =
+            store::open_bucket(&js, &settings.cache_bucket, settings.replicas, cache_ttl).await?;
+        let mut lasts = Vec::new();
+        for store in [&state, &cache] {
+            lasts.push(
+                store::bucket_info(&js, &store.name)
+                    .await?
+                    .state
+                    .last_sequence,
+            );
+        }
+        let (state_tx, state_applied) = tokio::sync::watch::channel(0);
+        let (cache_tx, cache_applied) = tokio::sync::watch::channel(0);
+        let inner = Arc::new(Inner {
+            shared,
+            js,
+            settings: settings.clone(),
+            state,
+            cache,
+            state_applied,
+            cache_applied,
+            applied_keys: Mutex::default(),
+            cleanups: Mutex::default(),
+            beating: AtomicBool::new(false),
+            reasserting: AtomicBool::new(false),
+            client: client_for_state,
+            liveness: Liveness::new(settings.node_ttl),
+            reassert: Notify::new(),
+        });
+        inner.heartbeat().await?;
+        watch::spawn_watcher(inner.clone(), false, state_tx);
+        watch::spawn_watcher(inner.clone(), true, cache_tx);
+        // Serve nothing before the existing entries are in the view.
+        watch::wait_applied(&inner.state_applied, lasts[0]).await;
+        watch::wait_applied(&inner.cache_applied, lasts[1]).await;
+        let stale = inner
+            .shared
+            .replica
+            .view
+            .read()
+            .owned_by(&inner.shared.node);
+        if !stale.is_empty() {
+            tracing::info!(
+                entries = stale.len(),
+                "removing entries left by a previous run of this node id"
+            );
+            for removal in stale {
+                inner.write(&removal).await?;
+            }
+        }
+        tokio::spawn(inner.clone().keep_alive());
+        Ok(Self { inner })
+    }
+
+    /// Writes an entry nobody re-asserts (a cache entry), reporting failure.
+    pub(crate) async fn write_checked(&self, change: &Change) -> Result<(), StateError> {
+        self.inner
+            .write(change)
+            .await
+            .inspect_err(|_| self.inner.settings.metrics.write_failures.inc())
+    }
+
+    /// Writes one owned entry; a put returns once this node's view has it.
+    /// A failure is logged; the entry is written again when NATS is back.
+    pub(crate) async fn write(&self, change: &Change) {
+        if self.inner.client.connection_state() != async_nats::connection::State::Connected {
+            // Do not hold up this node's sockets on an outage: the entry is
+            // written by the re-assert once NATS is back.
+            self.inner.settings.metrics.write_failures.inc();
+            self.inner.reassert.notify_one();
+            return;
+        }
+        if let Err(e) = self.inner.write(change).await {
+            tracing::warn!(error = %e, "KV write failed");
+            self.inner.settings.metrics.write_failures.inc();
+            self.inner.reassert.notify_one();
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! This node's side of the replicated store: writing its entries,
+//! heartbeating, writing them all again when the store lost some
+//! (re-assertion), and removing the entries of nodes found dead. Everything
+//! here changes the buckets; reading them back is the watch's job.
+
+use super::keys::{encode, heartbeat_key};
+use super::{Inner, APPLY_TIMEOUT, MARKER_TTL};
+use crate::{Change, StateError};
+use async_nats::jetstream::kv::{self, Store};
+use async_nats::jetstream::{stream, Context};
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub(super) async fn open_bucket(
+    js: &Context,
+    name: &str,
+    replicas: usize,
+    max_age: Duration,
+) -> Result<Store, StateError> {
+    js.create_or_update_key_value(kv::Config {
+        bucket: name.to_owned(),
+        history: 1,
+        max_age,
+        num_replicas: replicas,
+        // Per-message TTL for heartbeats, and a visible marker when one expires.
+        limit_markers: Some(MARKER_TTL),
+        ..Default::default()
+    })
+    .await
+    .map_err(|source| StateError::OpenBucket {
+        bucket: name.to_owned(),
+        source,
+    })
+}
+
+/// The current (not cached) state of a bucket's stream.
+pub(super) async fn bucket_info(js: &Context, bucket: &str) -> Result<stream::Info, StateError> {
+    let unavailable = |source: async_nats::Error| StateError::BucketUnavailable {
+        bucket: bucket.to_owned(),
+        source,
+    };
+    let stream = js
+        .get_stream(format!("KV_{bucket}"))
+        .await
+        .map_err(|e| unavailable(e.into()))?;
+    stream.get_info().await.map_err(|e| unavailable(e.into()))
+}
+
+/// How a heartbeat went, for what the keep-alive does next.
+enum Beat {
+    Accepted,
+    /// Accepted after failures: NATS is back, possibly without its data.
+    Recovered,
+    Failed,
+}
+
+impl Inner {
+    /// The bucket a change goes to, and how far the watch has applied it.
+    fn bucket_for(&self, change: &Change) -> (&Store, &watch::Receiver<u64>) {
+        match change {
+            Change::Cache { .. } => (&self.cache, &self.cache_applied),
+            _ => (&self.state, &self.state_applied),
+        }
+    }
+
+    pub(super) async fn write(&self, change: &Change) -> Result<(), StateError> {
+        let (store, applied) = self.bucket_for(change);
+        let (key, value) = encode(change);
+        match value {
+            Some(value) => {
+                let started = Instant::now();
+                let revision = store.put(&key, value).await?;
+                let mut applied = applied.clone();
+                let seen = applied.wait_for(|_| {
+                    self.applied_keys
+                        .lock()
+                        .get(&key)
+                        .is_some_and(|r| *r >= revision)
+                });
+                if tokio::time::timeout(APPLY_TIMEOUT, seen).await.is_err() {
+                    tracing::warn!(%key, revision, "KV write not seen by the watch in time");
+                }
+                self.settings
+                    .metrics
+                    .apply_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(())
+            }
+            // A purge marker with a TTL, unlike a delete marker, does not stay forever.
+            None => Ok(store.purge_with_ttl(&key, MARKER_TTL).await?),
+        }
+    }
+
+    /// Publishes this node's heartbeat with a per-message TTL.
+    pub(super) async fn heartbeat(&self) -> Result<(), StateError> {
+        let subject = format!(
+            "$KV.{}.{}",
+            self.settings.state_bucket,
+            heartbeat_key(&self.shared.node)
+        );
+        let mut headers = async_nats::HeaderMap::new();
+        let ttl = self.settings.node_ttl.as_secs().max(1);
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_TTL,
+            ttl.to_string().as_str(),
+        );
+        let ack = self
+            .js
+            .publish_with_headers(
+                subject,
+                headers,
+                Bytes::from(herald_protocol::unix_millis().to_string()),
+            )
+            .await?;
+        ack.await?;
+        Ok(())
+    }
+
+    /// Makes the store match this node's local counts: rewrites every entry
+    /// it holds and deletes every entry the view still attributes to it but
+    /// it no longer holds (a delete that never reached NATS).
+    async fn reassert_all(&self) -> Result<(), StateError> {
+        let local = self.shared.local.lock().await;
+        let node = &self.shared.node;
+        let stale: Vec<Change> = self
+            .shared
+            .replica
+            .view
+            .read()
+            .owned_by(node)
+            .into_iter()
+            .filter(|removal| local.restore(removal).is_none())
+            .collect();
+        let changes = local.changes(node);
+        tracing::info!(
+            entries = changes.len(),
+            stale = stale.len(),
+            "re-asserting this node's entries"
+        );
+        for change in stale.iter().chain(&changes) {
+            self.write(change).await?;
+        }
+        Ok(())
+    }
+
+    /// A dead node's entries leave every view; the lowest live node deletes the keys.
+    pub(super) fn node_gone(self: &Arc<Self>, node: &str) {
+        if node == self.shared.node {
+            tracing::warn!("this node's heartbeat lapsed; re-asserting its entries");
+            self.reassert.notify_one();
+            return;
+        }
+        self.liveness.forget(node);
+        let removals = self
+            .shared
+            .replica
+            .remove_node(node, |removal| self.origin_of(&encode(removal).0));
+        if removals.is_empty() {
+            return;
+        }
+        tracing::info!(
+            node,
+            entries = removals.len(),
+            "node is gone; its members were removed"
+        );
+        self.settings.metrics.nodes_removed.inc();
+        self.cleanups
+            .lock()
+            .insert(node.to_owned(), (Instant::now(), removals));
+    }
+
+    /// Deletes dead nodes' keys if this node is the lowest live one. Every
+    /// node remembers the deaths it saw for a while, so when the node that
+    /// should clean up died too, the next one in line still does it; a
+    /// failed delete stays pending and is retried on the next beat.
+    async fn clean_up_dead_nodes(&self) {
+        let keep_for = self.settings.node_ttl * 3;
+        if !self.liveness.is_lowest_live(&self.shared.node) {
+            self.cleanups
+                .lock()
+                .retain(|_, (at, _)| at.elapsed() < keep_for);
+            return;
+        }
+        let pending: Vec<(String, (Instant, Vec<Change>))> = self.cleanups.lock().drain().collect();
+        for (node, (at, removals)) in pending {
+            let mut failed = Vec::new();
+            for removal in removals {
+                if let Err(e) = self.write(&removal).await {
+                    tracing::warn!(node, error = %e, "deleting a dead node's key failed; will retry");
+                    failed.push(removal);
+                }
+            }
+            if !failed.is_empty() {
+                self.cleanups.lock().insert(node, (at, failed));
+            }
+        }
+    }
+
+    /// An entry of this node was removed: write it again if this node still holds it.
+    pub(super) fn repair(self: &Arc<Self>, removed: Change) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let local = inner.shared.local.lock().await;
+            if let Some(restored) = local.restore(&removed) {
+                tracing::info!(
+                    ?restored,
+                    "restoring an entry removed while this node holds it"
+                );
+                if let Err(e) = inner.write(&restored).await {
+                    tracing::warn!(error = %e, "restoring an entry failed");
+                    inner.reassert.notify_one();
+                }
+            }
+        });
+    }
+
+    /// Beats, sweeps silent nodes, and re-asserts after losses, forever.
+    pub(super) async fn keep_alive(self: Arc<Self>) {
+        let beat = (self.settings.node_ttl / 3).max(Duration::from_millis(200));
+        let mut failing = false;
+        // Set when the store may lack this node's entries; retried every beat.
+        let mut reassert = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(beat) => {}
+                _ = self.reassert.notified() => reassert = true,
+            }
+            match self.beat(&mut failing).await {
+                Beat::Accepted => {}
+                Beat::Recovered => reassert = true,
+                // Silence is this node's own outage, not evidence about others.
+                Beat::Failed => continue,
+            }
+            if reassert && self.start_reassert() {
+                reassert = false;
+            }
+            if self.liveness.watch_healthy(&self.shared.node) {
+                self.sweep().await;
+            }
+        }
+    }
+
+    /// Heartbeats once, reporting health; `failing` carries over between beats.
+    async fn beat(&self, failing: &mut bool) -> Beat {
+        let result = self.heartbeat().await;
+        self.beating.store(result.is_ok(), Ordering::Relaxed);
+        self.settings.metrics.healthy.set(i64::from(result.is_ok()));
+        match result {
+            Ok(()) if *failing => {
+                *failing = false;
+                tracing::info!("KV reachable again");
+                self.liveness.restart();
+                Beat::Recovered
+            }
+            Ok(()) => Beat::Accepted,
+            Err(e) => {
+                if !*failing {
+                    tracing::warn!(error = %e, "heartbeat failed");
+                }
+                *failing = true;
+                self.reopen_buckets().await;
+                Beat::Failed
+            }
+        }
+    }
+
+    /// Starts a re-assert unless one is running; whether it started.
+    /// Re-asserting may wait on slow writes; it runs beside the beat so
+    /// that heartbeats never lapse because of it.
+    fn start_reassert(self: &Arc<Self>) -> bool {
+        if self.reasserting.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        let inner = self.clone();
+        tokio::spawn(async move {
+            inner.reopen_buckets().await;
+            if let Err(e) = inner.reassert_all().await {
+                tracing::warn!(error = %e, "re-assert failed; retrying next beat");
+                inner.reassert.notify_one();
+            }
+            inner.reasserting.store(false, Ordering::SeqCst);
+        });
+        true
+    }
+
+    /// Declares the nodes silent for too long dead, and deletes dead nodes' keys.
+    async fn sweep(self: &Arc<Self>) {
+        let others = self.shared.replica.view.read().nodes();
+        let mine = self.shared.node.clone();
+        for node in self
+            .liveness
+            .silent(others.into_iter().filter(|n| *n != mine))
+        {
+            self.node_gone(&node);
+        }
+        self.clean_up_dead_nodes().await;
+    }
+
+    /// Re-creates the buckets if NATS lost them (restart without JetStream data).
+    async fn reopen_buckets(&self) {
+        let s = &self.settings;
+        let cache_ttl = Duration::from_millis(crate::CACHE_TTL_MS);
+        for (name, max_age) in [
+            (&s.state_bucket, Duration::ZERO),
+            (&s.cache_bucket, cache_ttl),
+        ] {
+            if let Err(e) = open_bucket(&self.js, name, s.replicas, max_age).await {
+                tracing::debug!(error = %e, "bucket not reopened yet");
+            }
+        }
+    }
+}
