@@ -11,10 +11,10 @@ use futures::future::BoxFuture;
 use herald_bus::{Bus, BusMessage, Envelope, Sink, ENVELOPE_VERSION};
 use herald_config::AppConfig;
 use herald_metrics::Metrics;
-use herald_state::{Listener, Origin, Transition};
 use herald_protocol::channel::WATCHLIST_PREFIX;
 use herald_protocol::unix_millis;
-use herald_protocol::{codes, frame, message};
+use herald_protocol::{codes, frame, message, Cause, Disconnect};
+use herald_state::{Listener, Origin, Transition};
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -305,11 +305,11 @@ impl Sink for Hub {
                     .into_iter()
                     .flat_map(|s| s.values())
                 {
-                    peer.close(
+                    peer.close(Disconnect::new(
+                        Cause::Terminated,
                         codes::UNAUTHORIZED,
                         "connections terminated by the server",
-                        "terminated",
-                    );
+                    ));
                 }
             }
         }
