@@ -14,6 +14,7 @@
 //! while idle, is what keeps an idle connection at a few KiB
 //! (docs/benchmarks.md).
 
+use crate::hub::AppHub;
 use crate::message::{Message, MessageError, MessageReader};
 use crate::peer::{Inbox, Next, Peer};
 use crate::reader::Source;
@@ -117,27 +118,11 @@ async fn serve<R, W>(
     };
     let metrics = &gateway.metrics;
     let settings = &gateway.settings;
-    let socket_id = gateway.next_socket_id();
-    let slow = metrics
-        .slow_consumer_disconnects
-        .with_label_values(&[&app.id]);
-    let (peer, inbox) = Peer::new(socket_id.clone(), settings.outbox_capacity, slow);
-    let app_hub = gateway
-        .hub
-        .app(&app.id)
-        .expect("every configured app has a hub");
-    if !app_hub.try_connect(&peer) {
-        let refusal = Refusal::new(
-            Disconnect::new(
-                Cause::OverQuota,
-                codes::OVER_CONNECTION_QUOTA,
-                "Application is over connection quota",
-            ),
-            &app.id,
-        );
-        return refuse(&gateway, &mut write_half, refusal).await;
-    }
-    opened(&gateway, &app, &peer);
+    let (peer, inbox, app_hub) = match connect(&gateway, &app) {
+        Ok(connected) => connected,
+        Err(refusal) => return refuse(&gateway, &mut write_half, refusal).await,
+    };
+    let socket_id = peer.socket_id().clone();
     let bytes_received = metrics.bytes_received.with_label_values(&[&app.id]);
     let mut reader = MessageReader::new(
         read_half,
@@ -180,20 +165,43 @@ async fn serve<R, W>(
     tracing::debug!(socket_id = %socket_id, app = %app.id, reason, "connection closed");
 }
 
-/// Counts an admitted connection and greets it with `pusher:connection_established`.
-fn opened(gateway: &Gateway, app: &AppConfig, peer: &Peer) {
+/// Registers the socket with its app's hub (within the app's connection
+/// quota), counts it and greets it with `pusher:connection_established`.
+fn connect<'g>(
+    gateway: &'g Gateway,
+    app: &AppConfig,
+) -> Result<(Peer, Inbox, &'g AppHub), Refusal> {
     let metrics = &gateway.metrics;
+    let socket_id = gateway.next_socket_id();
+    let slow = metrics
+        .slow_consumer_disconnects
+        .with_label_values(&[&app.id]);
+    let (peer, inbox) = Peer::new(socket_id.clone(), gateway.settings.outbox_capacity, slow);
+    let app_hub = gateway
+        .hub
+        .app(&app.id)
+        .expect("every configured app has a hub");
+    if !app_hub.try_connect(&peer) {
+        return Err(Refusal::new(
+            Disconnect::new(
+                Cause::OverQuota,
+                codes::OVER_CONNECTION_QUOTA,
+                "Application is over connection quota",
+            ),
+            &app.id,
+        ));
+    }
     metrics.connections.with_label_values(&[&app.id]).inc();
     metrics
         .connections_opened
         .with_label_values(&[&app.id])
         .inc();
-    let socket_id = peer.socket_id();
     tracing::debug!(socket_id = %socket_id, app = %app.id, "connection opened");
     peer.send(frame::text(&message::connection_established(
-        socket_id,
+        &socket_id,
         gateway.settings.activity_timeout.as_secs(),
     )));
+    Ok((peer, inbox, app_hub))
 }
 
 /// Flushes what was queued before the close (e.g. the `pusher:error`
