@@ -97,11 +97,7 @@ impl Session {
 
     /// The socket missed its sign-in deadline: closes it with 4009.
     pub fn auth_timed_out(&self) {
-        self.gateway
-            .metrics
-            .auth_failures
-            .with_label_values(&[&self.app.id, "auth_timeout"])
-            .inc();
+        self.context().count_auth_failure("auth_timeout");
         self.peer.close(Disconnect::new(
             Cause::AuthTimeout,
             codes::UNAUTHORIZED,
@@ -134,6 +130,9 @@ impl Session {
         self.peer.close(error.disconnect());
     }
 
+    /// The handlers' view of the gateway. Where a handler also needs the
+    /// session's own state mutably, the context is built from the fields
+    /// instead (`Context::new`), which the borrow checker can tell apart.
     fn context(&self) -> Context<'_> {
         Context::new(&self.gateway, &self.app, &self.peer)
     }
