@@ -2,7 +2,8 @@
 //!
 //! fastwebsockets performs the handshake; reading and writing frames are
 //! ours. The read side is a lean frame reader (`reader`) that holds no buffer
-//! while a connection is idle; the write side takes finished frame bytes
+//! while a connection is idle, under the reassembly of fragmented messages
+//! (`message`); the write side takes finished frame bytes
 //! shared by many sockets, which fastwebsockets has no call for.
 //!
 //! One task per connection does everything: it waits at once for the close
@@ -13,13 +14,16 @@
 //! while idle, is what keeps an idle connection at a few KiB
 //! (docs/benchmarks.md).
 
+use crate::hub::AppHub;
+use crate::message::{Message, MessageError, MessageReader};
 use crate::peer::{Inbox, Next, Peer};
-use crate::reader::{FrameReader, Source};
+use crate::reader::Source;
 use crate::session::Session;
 use crate::upgrade_response::CorkUpgradeResponse;
 use crate::Gateway;
 use bytes::BytesMut;
-use herald_protocol::{codes, frame, message};
+use herald_config::AppConfig;
+use herald_protocol::{codes, frame, message, Cause, Disconnect};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
@@ -34,24 +38,21 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A handshake refused with a Pusher error code.
 pub struct Refusal {
-    code: u16,
-    message: String,
+    disconnect: Disconnect,
+    /// The app's id ("" before the app is known).
     app: String,
-    label: &'static str,
 }
 
 impl Refusal {
-    pub fn new(code: u16, message: String, app: &str, label: &'static str) -> Self {
+    pub fn new(disconnect: Disconnect, app: &str) -> Self {
         Self {
-            code,
-            message,
+            disconnect,
             app: app.to_owned(),
-            label,
         }
     }
 }
 
-type Admission = Result<Arc<herald_config::AppConfig>, Refusal>;
+type Admission = Result<Arc<AppConfig>, Refusal>;
 
 /// Runs an upgraded connection. A plain TCP socket is split into owned
 /// halves (no lock between reader and writer); other transports fall back
@@ -68,11 +69,10 @@ pub async fn run(
             .limit_rejections
             .with_label_values(&["", "connections_per_ip"])
             .inc();
+        let why = format!("too many connections from {client}");
         let refusal = Refusal::new(
-            codes::OVER_CAPACITY,
-            format!("too many connections from {client}"),
+            Disconnect::new(Cause::PerIpLimit, codes::OVER_CAPACITY, why),
             "",
-            "per_ip_limit",
         );
         let (_, mut write_half) = tokio::io::split(TokioIo::new(upgraded));
         return refuse(&gateway, &mut write_half, refusal).await;
@@ -116,7 +116,62 @@ async fn serve<R, W>(
         Ok(app) => app,
         Err(refusal) => return refuse(&gateway, &mut write_half, refusal).await,
     };
-    let metrics = gateway.metrics.clone();
+    let metrics = &gateway.metrics;
+    let settings = &gateway.settings;
+    let (peer, inbox, app_hub) = match connect(&gateway, &app) {
+        Ok(connected) => connected,
+        Err(refusal) => return refuse(&gateway, &mut write_half, refusal).await,
+    };
+    let socket_id = peer.socket_id().clone();
+    let bytes_received = metrics.bytes_received.with_label_values(&[&app.id]);
+    let mut reader = MessageReader::new(
+        read_half,
+        leftover,
+        settings.max_message_bytes,
+        bytes_received,
+    );
+    let mut session = Session::new(gateway.clone(), app.clone(), peer.clone());
+    let healthy = drive(
+        &mut session,
+        &mut reader,
+        &mut write_half,
+        &inbox,
+        &peer,
+        settings,
+    )
+    .await;
+    peer.close(Disconnect::client_closed(codes::WS_NORMAL));
+    let reason = peer.close_reason().expect("closed above");
+    if healthy {
+        write_close(&mut write_half, &inbox, &reason).await;
+    }
+    drop(inbox);
+    // Boxed: its state would otherwise be part of every idle connection's task.
+    Box::pin(session.finish()).await;
+    app_hub.disconnect(&socket_id);
+    drop(peer);
+    if healthy && !reason.by_client() {
+        // The server closed: read (and discard) what the client still sends
+        // until its Close, briefly, so that dropping the socket with unread
+        // data does not reset it before the client has seen our close code.
+        let _ = Box::pin(timeout(CLOSE_WRITE_TIMEOUT, reader.discard_until_close())).await;
+    }
+    let reason = reason.label();
+    metrics.connections.with_label_values(&[&app.id]).dec();
+    metrics
+        .connections_closed
+        .with_label_values(&[&app.id, reason])
+        .inc();
+    tracing::debug!(socket_id = %socket_id, app = %app.id, reason, "connection closed");
+}
+
+/// Registers the socket with its app's hub (within the app's connection
+/// quota), counts it and greets it with `pusher:connection_established`.
+fn connect<'g>(
+    gateway: &'g Gateway,
+    app: &AppConfig,
+) -> Result<(Peer, Inbox, &'g AppHub), Refusal> {
+    let metrics = &gateway.metrics;
     let socket_id = gateway.next_socket_id();
     let slow = metrics
         .slow_consumer_disconnects
@@ -127,13 +182,14 @@ async fn serve<R, W>(
         .app(&app.id)
         .expect("every configured app has a hub");
     if !app_hub.try_connect(&peer) {
-        let refusal = Refusal::new(
-            codes::OVER_CONNECTION_QUOTA,
-            "Application is over connection quota".into(),
+        return Err(Refusal::new(
+            Disconnect::new(
+                Cause::OverQuota,
+                codes::OVER_CONNECTION_QUOTA,
+                "Application is over connection quota",
+            ),
             &app.id,
-            "over_quota",
-        );
-        return refuse(&gateway, &mut write_half, refusal).await;
+        ));
     }
     metrics.connections.with_label_values(&[&app.id]).inc();
     metrics
@@ -141,79 +197,43 @@ async fn serve<R, W>(
         .with_label_values(&[&app.id])
         .inc();
     tracing::debug!(socket_id = %socket_id, app = %app.id, "connection opened");
-
     peer.send(frame::text(&message::connection_established(
         &socket_id,
         gateway.settings.activity_timeout.as_secs(),
     )));
-    let settings = gateway.settings.clone();
-    let mut reader = FrameReader::new(read_half, leftover, settings.max_message_bytes);
-    let mut session = Session::new(gateway.clone(), app.clone(), peer.clone());
-    let healthy = drive(
-        &mut session,
-        &mut reader,
-        &mut write_half,
-        &inbox,
-        &peer,
-        &settings,
-    )
-    .await;
-    peer.close(codes::WS_NORMAL, "", "client_closed");
-    let reason = peer.close_reason().expect("closed above");
-    if healthy {
-        // Flush what was queued before the close (e.g. the `pusher:error`
-        // explaining it), except for a slow consumer, whose backlog is the
-        // problem; then the close frame.
-        let mut bytes = BytesMut::new();
-        if reason.label != "slow_consumer" {
-            while let Some(queued) = inbox.try_recv() {
-                bytes.extend_from_slice(&queued);
-            }
+    Ok((peer, inbox, app_hub))
+}
+
+/// Flushes what was queued before the close (e.g. the `pusher:error`
+/// explaining it), except for a slow consumer, whose backlog is the
+/// problem; then the close frame.
+async fn write_close<W: AsyncWrite + Unpin>(io: &mut W, inbox: &Inbox, disconnect: &Disconnect) {
+    let mut bytes = BytesMut::new();
+    if disconnect.cause != Cause::SlowConsumer {
+        while let Some(queued) = inbox.try_recv() {
+            bytes.extend_from_slice(&queued);
         }
-        bytes.extend_from_slice(&frame::close(reason.code, &reason.message));
-        write_last(&mut write_half, &bytes).await;
     }
-    drop(inbox);
-    // Boxed: its state would otherwise be part of every idle connection's task.
-    Box::pin(session.finish()).await;
-    app_hub.disconnect(&socket_id);
-    drop(peer);
-    if healthy && !matches!(reason.label, "client_closed" | "client_gone") {
-        // The server closed: read (and discard) what the client still sends
-        // until its Close, briefly, so that dropping the socket with unread
-        // data does not reset it before the client has seen our close code.
-        let _ = Box::pin(timeout(CLOSE_WRITE_TIMEOUT, async {
-            while let Ok(frame) = reader.read().await {
-                if frame.opcode == herald_protocol::frame::OpCode::Close {
-                    break;
-                }
-            }
-        }))
-        .await;
-    }
-    let reason = reason.label;
-    metrics.connections.with_label_values(&[&app.id]).dec();
-    metrics
-        .connections_closed
-        .with_label_values(&[&app.id, reason])
-        .inc();
-    tracing::debug!(socket_id = %socket_id, app = %app.id, reason, "connection closed");
+    bytes.extend_from_slice(&frame::close(disconnect.code, &disconnect.reason));
+    write_last(io, &bytes).await;
 }
 
 /// Sends `pusher:error` and the matching close code, then drops the socket.
 async fn refuse<W: AsyncWrite + Unpin>(gateway: &Gateway, write_half: &mut W, refusal: Refusal) {
+    let Refusal { disconnect, app } = refusal;
+    let (code, reason) = (disconnect.code, disconnect.label());
     gateway
         .metrics
         .connections_refused
-        .with_label_values(&[&refusal.app, refusal.label])
+        .with_label_values(&[&app, reason])
         .inc();
-    tracing::info!(code = refusal.code, app = %refusal.app, reason = refusal.label, "refusing connection");
+    tracing::info!(code, app = %app, reason, "refusing connection");
     let mut bytes = BytesMut::new();
     bytes.extend_from_slice(&frame::text(&message::error(
-        Some(refusal.code),
-        &refusal.message,
+        Some(code),
+        &disconnect.reason,
     )));
-    bytes.extend_from_slice(&frame::close(refusal.code, &refusal.message));
+    bytes.extend_from_slice(&frame::close(code, &disconnect.reason));
     write_last(write_half, &bytes).await;
 }
 
@@ -245,7 +265,7 @@ async fn write_or_close<W: AsyncWrite + Unpin>(
     match outcome {
         Ok(Ok(())) => true,
         Ok(Err(_)) => {
-            peer.close(codes::WS_NORMAL, "", "write_error");
+            peer.close(Disconnect::new(Cause::WriteError, codes::WS_NORMAL, ""));
             false
         }
         Err(_) => {
@@ -260,7 +280,7 @@ async fn write_or_close<W: AsyncWrite + Unpin>(
 /// the socket failed (nothing more can be written to it).
 async fn drive<R, W>(
     session: &mut Session,
-    reader: &mut FrameReader<R>,
+    reader: &mut MessageReader<R>,
     io: &mut W,
     inbox: &Inbox,
     peer: &Peer,
@@ -307,7 +327,11 @@ where
                     }
                     ping_sent = Some(Instant::now());
                 } else if ping_sent.is_some_and(|sent| sent + settings.pong_timeout <= now) {
-                    peer.close(codes::PONG_NOT_RECEIVED, "Pong reply not received", "pong_timeout");
+                    peer.close(Disconnect::new(
+                        Cause::PongTimeout,
+                        codes::PONG_NOT_RECEIVED,
+                        "Pong reply not received",
+                    ));
                 }
             }
             read = reader.read() => {
@@ -335,12 +359,12 @@ enum Handled {
     Failed,
 }
 
-/// Hands a client frame to the session. A handler may wait (cluster state
+/// Hands what the reader returned to the session. A handler may wait (cluster state
 /// writes): what is queued meanwhile, broadcasts included, goes out without
 /// waiting for it.
 async fn handle<W: AsyncWrite + Unpin>(
     session: &mut Session,
-    read: Result<crate::reader::Frame, crate::reader::ReadError>,
+    read: Result<Option<Message>, MessageError>,
     io: &mut W,
     inbox: &Inbox,
     batch: &mut BytesMut,

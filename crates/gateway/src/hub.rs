@@ -13,7 +13,7 @@ use herald_config::AppConfig;
 use herald_metrics::Metrics;
 use herald_protocol::channel::WATCHLIST_PREFIX;
 use herald_protocol::unix_millis;
-use herald_protocol::{codes, frame, message};
+use herald_protocol::{codes, frame, message, Cause, Disconnect};
 use herald_state::{Listener, Origin, Transition};
 use parking_lot::RwLock;
 use std::collections::HashMap;
@@ -305,11 +305,11 @@ impl Sink for Hub {
                     .into_iter()
                     .flat_map(|s| s.values())
                 {
-                    peer.close(
+                    peer.close(Disconnect::new(
+                        Cause::Terminated,
                         codes::UNAUTHORIZED,
                         "connections terminated by the server",
-                        "terminated",
-                    );
+                    ));
                 }
             }
         }

@@ -5,11 +5,15 @@
 //! - [`peer`]: the non-blocking handle to one connection (bounded outbox, close signal).
 //! - `connection`: the socket's reader and writer tasks and the handshake checks.
 //! - `reader`: the lean, cancel-safe frame reader (no buffer while idle).
-//! - `session`: the protocol state machine of one connection.
+//! - `message`: reassembly of fragmented messages on top of the reader.
+//! - `session`: the protocol state machine of one connection, a dispatcher
+//!   over one module per client request (subscribe, presence, sign-in,
+//!   client events).
 
 mod client_address;
 mod connection;
 pub mod hub;
+mod message;
 pub mod peer;
 mod reader;
 mod session;
@@ -23,6 +27,7 @@ use bytes::Bytes;
 use herald_bus::{Bus, BusMessage};
 use herald_config::{AppConfig, Config};
 use herald_metrics::Metrics;
+use herald_protocol::{codes, Cause, Disconnect};
 use herald_state::ChannelState;
 use herald_webhooks::Webhooks;
 use http_body_util::Full;
@@ -173,47 +178,52 @@ impl Gateway {
         origin: Option<&str>,
     ) -> Result<Arc<AppConfig>, connection::Refusal> {
         use connection::Refusal;
-        use herald_protocol::codes;
         let app = self.apps_by_key.get(key).ok_or_else(|| {
+            let why = format!("App key {key} not in this cluster");
             Refusal::new(
-                codes::APP_NOT_FOUND,
-                format!("App key {key} not in this cluster"),
+                Disconnect::new(Cause::AppNotFound, codes::APP_NOT_FOUND, why),
                 "",
-                "app_not_found",
             )
         })?;
-        let refuse =
-            |code, message: &str, label| Err(Refusal::new(code, message.into(), &app.id, label));
+        let refuse = |disconnect| Err(Refusal::new(disconnect, &app.id));
         if !app.enabled {
-            return refuse(codes::APP_DISABLED, "Application disabled", "app_disabled");
+            return refuse(Disconnect::new(
+                Cause::AppDisabled,
+                codes::APP_DISABLED,
+                "Application disabled",
+            ));
         }
         if !app.allows_origin(origin) {
             let why = format!(
                 "Origin {} is not allowed for this app",
                 origin.unwrap_or("(none)")
             );
-            return refuse(codes::UNAUTHORIZED, &why, "origin_not_allowed");
+            return refuse(Disconnect::new(
+                Cause::OriginNotAllowed,
+                codes::UNAUTHORIZED,
+                why,
+            ));
         }
         let protocol = url::form_urlencoded::parse(query.as_bytes())
             .find(|(k, _)| k == "protocol")
             .map(|(_, v)| v.into_owned());
         match protocol.as_deref().map(str::parse::<u32>) {
-            None => refuse(
+            None => refuse(Disconnect::new(
+                Cause::NoProtocol,
                 codes::NO_PROTOCOL_VERSION,
                 "No protocol version supplied",
-                "no_protocol",
-            ),
-            Some(Err(_)) => refuse(
+            )),
+            Some(Err(_)) => refuse(Disconnect::new(
+                Cause::InvalidProtocol,
                 codes::INVALID_VERSION_FORMAT,
                 "Invalid version string format",
-                "invalid_protocol",
-            ),
+            )),
             Some(Ok(5..=7)) => Ok(app.clone()),
-            Some(Ok(v)) => refuse(
+            Some(Ok(v)) => refuse(Disconnect::new(
+                Cause::UnsupportedProtocol,
                 codes::UNSUPPORTED_PROTOCOL,
-                &format!("Unsupported protocol version {v}; Herald speaks 5 to 7"),
-                "unsupported_protocol",
-            ),
+                format!("Unsupported protocol version {v}; Herald speaks 5 to 7"),
+            )),
         }
     }
 
@@ -239,11 +249,11 @@ impl Gateway {
         for (i, batch) in peers.chunks(per_batch).enumerate() {
             tokio::time::sleep_until(start + window * i as u32 / batches).await;
             for peer in batch {
-                peer.close(
-                    herald_protocol::codes::RECONNECT,
+                peer.close(Disconnect::new(
+                    Cause::Shutdown,
+                    codes::RECONNECT,
                     "Server shutting down; reconnect",
-                    "shutdown",
-                );
+                ));
             }
         }
     }

@@ -11,22 +11,13 @@
 //! small (docs/benchmarks.md).
 
 use bytes::Bytes;
-use herald_protocol::codes;
+use herald_protocol::{codes, Cause, Disconnect};
 use parking_lot::Mutex;
 use prometheus::IntCounter;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-
-/// Why and how a connection is being closed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloseReason {
-    pub code: u16,
-    pub message: String,
-    /// Label for `herald_connections_closed_total`.
-    pub label: &'static str,
-}
 
 #[derive(Clone)]
 pub struct Peer(Arc<PeerInner>);
@@ -41,7 +32,7 @@ struct PeerInner {
 struct State {
     frames: VecDeque<Bytes>,
     /// The first close asked for; the connection closes with it.
-    close: Option<CloseReason>,
+    close: Option<Disconnect>,
     /// The connection's task is gone: frames are refused.
     gone: bool,
     /// The connection's task, while it waits for a frame or a close; taken
@@ -156,29 +147,25 @@ impl Peer {
 
     /// Closes a connection that cannot keep up (queue overflow or stalled write), counted once.
     pub fn close_slow_consumer(&self, why: &str) {
-        if self.close(
+        if self.close(Disconnect::new(
+            Cause::SlowConsumer,
             codes::OVER_CAPACITY,
-            &format!("slow consumer: {why}"),
-            "slow_consumer",
-        ) {
+            format!("slow consumer: {why}"),
+        )) {
             self.0.slow_consumers.inc();
             tracing::info!(socket_id = %self.0.socket_id, why, "closing slow consumer");
         }
     }
 
-    /// Asks the connection to close with `code`. The first reason wins;
-    /// returns whether this call was it.
-    pub fn close(&self, code: u16, message: &str, label: &'static str) -> bool {
+    /// Asks the connection to close. The first disconnect wins; returns
+    /// whether this call was it.
+    pub fn close(&self, disconnect: Disconnect) -> bool {
         let waiting = {
             let mut state = self.0.state.lock();
             if state.close.is_some() {
                 return false;
             }
-            state.close = Some(CloseReason {
-                code,
-                message: message.to_owned(),
-                label,
-            });
+            state.close = Some(disconnect);
             state.waiting.take()
         };
         if let Some(task) = waiting {
@@ -187,7 +174,7 @@ impl Peer {
         true
     }
 
-    pub fn close_reason(&self) -> Option<CloseReason> {
+    pub fn close_reason(&self) -> Option<Disconnect> {
         self.0.state.lock().close.clone()
     }
 }
@@ -212,7 +199,7 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap(), "a");
         assert_eq!(rx.try_recv().unwrap(), "b");
         assert!(rx.try_recv().is_none());
-        assert!(!peer.close(4200, "later", "shutdown"));
+        assert!(!peer.close(Disconnect::new(Cause::Shutdown, 4200, "later")));
     }
 
     #[tokio::test]
@@ -239,7 +226,7 @@ mod tests {
         let (peer, rx) = Peer::new("1.1".into(), 4, counter);
         let waiting = tokio::spawn(async move { matches!(rx.next().await, Next::Close) });
         tokio::task::yield_now().await;
-        assert!(peer.close(4200, "restarting", "shutdown"));
+        assert!(peer.close(Disconnect::new(Cause::Shutdown, 4200, "restarting")));
         let woke = tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await;
         assert!(woke.unwrap().unwrap());
     }
