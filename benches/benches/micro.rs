@@ -6,6 +6,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use herald_bus::{Bus, BusMessage, Envelope, Sink};
 use herald_config::AppConfig;
 use herald_gateway::hub::Hub;
+use herald_gateway::metrics::GatewayMetrics;
 use herald_gateway::peer::Peer;
 use herald_metrics::Metrics;
 use herald_protocol::{auth, frame, message};
@@ -74,7 +75,11 @@ fn fan_out(c: &mut Criterion) {
     let mut group = c.benchmark_group("fan-out of one event");
     for n in [100usize, 1_000, 10_000] {
         let app = Arc::new(AppConfig::new("1", "k", "s"));
-        let hub = Hub::new(&[app], Arc::new(Bus::in_memory()), Arc::new(Metrics::new()));
+        let hub = Hub::new(
+            &[app],
+            Arc::new(Bus::in_memory()),
+            Arc::new(GatewayMetrics::register(&Metrics::new())),
+        );
         let counter = prometheus::IntCounter::new("slow", "slow").unwrap();
         let mut inboxes = Vec::new();
         for i in 0..n {

@@ -5,12 +5,12 @@
 //! local subscriber except the excluded socket. Per-subscriber work is a
 //! reference-count increment and a non-blocking queue push.
 
+use crate::metrics::GatewayMetrics;
 use crate::peer::Peer;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use herald_bus::{Bus, BusMessage, Envelope, Sink, ENVELOPE_VERSION};
 use herald_config::AppConfig;
-use herald_metrics::Metrics;
 use herald_protocol::channel::WATCHLIST_PREFIX;
 use herald_protocol::unix_millis;
 use herald_protocol::{codes, frame, message, Cause, Disconnect};
@@ -144,11 +144,11 @@ impl AppHub {
 /// All apps' local sockets; the gateway side of the bus.
 pub struct Hub {
     apps: HashMap<String, AppHub>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<GatewayMetrics>,
 }
 
 impl Hub {
-    pub fn new(apps: &[Arc<AppConfig>], bus: Arc<Bus>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(apps: &[Arc<AppConfig>], bus: Arc<Bus>, metrics: Arc<GatewayMetrics>) -> Self {
         Self {
             apps: apps
                 .iter()
@@ -332,7 +332,7 @@ mod tests {
         let hub = Hub::new(
             &[app],
             Arc::new(herald_bus::Bus::in_memory()),
-            Arc::new(Metrics::new()),
+            Arc::new(GatewayMetrics::register(&herald_metrics::Metrics::new())),
         );
         let a = hub.app("1").unwrap();
         let (p1, r1) = peer("1.1", 4);
@@ -373,7 +373,7 @@ mod tests {
         let hub = Hub::new(
             &[Arc::new(cfg)],
             Arc::new(herald_bus::Bus::in_memory()),
-            Arc::new(Metrics::new()),
+            Arc::new(GatewayMetrics::register(&herald_metrics::Metrics::new())),
         );
         let a = hub.app("1").unwrap();
         let (p1, _r1) = peer("1.1", 1);

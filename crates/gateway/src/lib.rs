@@ -14,6 +14,7 @@ mod client_address;
 mod connection;
 pub mod hub;
 mod message;
+pub mod metrics;
 pub mod peer;
 mod reader;
 mod session;
@@ -33,6 +34,7 @@ use herald_webhooks::Webhooks;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
+use metrics::GatewayMetrics;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,7 +76,7 @@ pub struct Gateway {
     hub: Arc<Hub>,
     state: Arc<ChannelState>,
     bus: Arc<Bus>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<GatewayMetrics>,
     /// Where client events and cache misses are reported as webhooks.
     webhooks: Arc<Webhooks>,
     /// Open connections per client address, when `max_connections_per_ip` is set.
@@ -85,14 +87,19 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Builds the gateway and registers its metric families into `metrics`.
     pub fn new(
         settings: Settings,
         apps: &[Arc<AppConfig>],
         state: Arc<ChannelState>,
         bus: Arc<Bus>,
-        metrics: Arc<Metrics>,
+        metrics: &Metrics,
         webhooks: Arc<Webhooks>,
     ) -> Arc<Self> {
+        let metrics = Arc::new(GatewayMetrics::register(metrics));
+        for app in apps {
+            metrics.init_app(&app.id);
+        }
         Arc::new(Self {
             settings,
             apps_by_key: apps.iter().map(|a| (a.key.clone(), a.clone())).collect(),

@@ -6,8 +6,8 @@ use crate::Role;
 use herald_bus::Bus;
 use herald_config::Config;
 use herald_metrics::Metrics;
-use herald_state::kv::{KvMetrics, KvSettings};
-use herald_state::ChannelState;
+use herald_state::kv::KvSettings;
+use herald_state::{ChannelState, KvMetrics};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,11 +25,13 @@ pub async fn open(
     role: Role,
     config: &Config,
     metrics: &Arc<Metrics>,
+    kv_metrics: KvMetrics,
     node_id: &str,
 ) -> anyhow::Result<Backbone> {
     if role == Role::Standalone {
         metrics.set_bus_connected(true);
-        metrics.kv_healthy.set(1);
+        // In-process state has no store to lose touch with.
+        kv_metrics.healthy.set(1);
         return Ok(Backbone {
             state: Arc::new(ChannelState::in_memory()),
             bus: Arc::new(Bus::in_memory()),
@@ -46,12 +48,7 @@ pub async fn open(
         cache_bucket: n.cache_bucket.clone(),
         replicas: n.kv_replicas,
         node_ttl: Duration::from_secs(n.node_ttl),
-        metrics: KvMetrics {
-            write_failures: metrics.kv_write_failures.clone(),
-            apply_seconds: metrics.kv_apply_seconds.clone(),
-            nodes_removed: metrics.nodes_removed.clone(),
-            healthy: metrics.kv_healthy.clone(),
-        },
+        metrics: kv_metrics,
     };
     let state = loop {
         match ChannelState::replicated(client.clone(), node_id, &kv).await {

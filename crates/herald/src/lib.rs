@@ -19,7 +19,6 @@ mod backbone;
 mod drain;
 pub mod listeners;
 mod routing;
-mod state_metrics;
 mod tls;
 mod webhooks;
 
@@ -29,6 +28,8 @@ use herald_config::Config;
 use herald_gateway::{Gateway, Settings};
 use herald_ingest::Ingest;
 use herald_metrics::Metrics;
+use herald_state::{ChannelGauges, KvMetrics};
+use herald_webhooks::WebhookMetrics;
 use routing::Routes;
 use std::future::Future;
 use std::sync::Arc;
@@ -101,9 +102,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let apps: Vec<_> = config.apps.iter().cloned().map(Arc::new).collect();
     let metrics_bind = listeners.admin.local_addr()?;
+    // Every role has channel state, a bus and webhook reporting, so their
+    // families are registered here; the gateway and the HTTP API register
+    // theirs when they are built.
     let metrics = Arc::new(Metrics::new());
+    let kv_metrics = KvMetrics::register(&metrics);
+    let webhook_metrics = Arc::new(WebhookMetrics::register(&metrics));
     for app in &apps {
-        metrics.init_app(&app.id, role.serves_websockets());
+        metrics.init_app(&app.id);
+        webhook_metrics.init_app(&app.id);
     }
     // Metrics and health first, so an orchestrator sees "alive, not ready" while NATS comes up.
     tokio::spawn(herald_metrics::serve_admin(
@@ -113,15 +120,13 @@ pub async fn run(
     // The shutdown is honoured from here on, also while waiting for NATS.
     tokio::pin!(shutdown);
     let backbone = tokio::select! {
-        backbone = backbone::open(role, &config, &metrics, node_id) => backbone?,
+        backbone = backbone::open(role, &config, &metrics, kv_metrics, node_id) => backbone?,
         _ = &mut shutdown => {
             tracing::info!("stopped before startup completed");
             return Ok(());
         }
     };
-    metrics.register(Box::new(state_metrics::StateMetrics::new(
-        backbone.state.clone(),
-    )));
+    ChannelGauges::register(&metrics, backbone.state.clone());
     let webhooks = webhooks::start(
         role,
         &config,
@@ -129,6 +134,7 @@ pub async fn run(
         backbone.js.as_ref(),
         &backbone.state,
         &metrics,
+        webhook_metrics,
     )
     .await?;
     let routes = routes(role, &config, &apps, &backbone, &metrics, webhooks);
@@ -186,7 +192,7 @@ fn routes(
             apps,
             backbone.state.clone(),
             backbone.bus.clone(),
-            metrics.clone(),
+            metrics,
             webhooks,
         );
         backbone.state.add_listener(gateway.hub());
@@ -201,7 +207,7 @@ fn routes(
             apps,
             backbone.state.clone(),
             backbone.bus.clone(),
-            metrics.clone(),
+            metrics,
             Duration::from_secs(config.body_timeout),
         ))
     });

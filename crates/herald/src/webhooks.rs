@@ -9,7 +9,7 @@ use crate::Role;
 use herald_config::Config;
 use herald_metrics::Metrics;
 use herald_state::ChannelState;
-use herald_webhooks::{DeadLetters, Queue, Sender, WebhookAdmin, Webhooks};
+use herald_webhooks::{DeadLetters, Queue, Sender, WebhookAdmin, WebhookMetrics, Webhooks};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +19,8 @@ pub async fn start(
     apps: &[Arc<herald_config::AppConfig>],
     js: Option<&async_nats::jetstream::Context>,
     state: &ChannelState,
-    metrics: &Arc<Metrics>,
+    metrics: &Metrics,
+    webhook_metrics: Arc<WebhookMetrics>,
 ) -> anyhow::Result<Arc<Webhooks>> {
     let delivery = config.webhook_delivery();
     if !herald_webhooks::configured(apps) {
@@ -27,15 +28,16 @@ pub async fn start(
             apps,
             None,
             delivery.hold_back,
-            metrics.clone(),
+            webhook_metrics.clone(),
         ));
     }
     let sends = role.serves_api();
     let (queue, dead) = match js {
         None => {
             let dead = Arc::new(DeadLetters::in_memory());
-            let sender = Sender::start(apps, &delivery, dead.clone(), metrics.clone(), None)
-                .map_err(anyhow::Error::msg)?;
+            let sender =
+                Sender::start(apps, &delivery, dead.clone(), webhook_metrics.clone(), None)
+                    .map_err(anyhow::Error::msg)?;
             (Arc::new(Queue::in_memory(sender)), dead)
         }
         Some(js) => {
@@ -44,7 +46,11 @@ pub async fn start(
                 tracing::warn!(error = %e, "webhook streams unavailable; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            let queue = Arc::new(Queue::nats(js.clone(), &config.nats, metrics.clone()));
+            let queue = Arc::new(Queue::nats(
+                js.clone(),
+                &config.nats,
+                webhook_metrics.clone(),
+            ));
             let dead = Arc::new(DeadLetters::nats(js.clone(), &config.nats));
             if sends {
                 let ack_wait = Duration::from_secs(config.nats.webhook_ack_wait_secs);
@@ -53,7 +59,7 @@ pub async fn start(
                     apps,
                     &delivery,
                     dead.clone(),
-                    metrics.clone(),
+                    webhook_metrics.clone(),
                     Some(keep_alive),
                 )
                 .map_err(anyhow::Error::msg)?;
@@ -68,7 +74,7 @@ pub async fn start(
             queue: queue.clone(),
         }));
     }
-    let webhooks = Webhooks::new(apps, Some(queue), delivery.hold_back, metrics.clone());
+    let webhooks = Webhooks::new(apps, Some(queue), delivery.hold_back, webhook_metrics);
     state.add_listener(webhooks.clone());
     let receivers: usize = apps.iter().map(|a| a.webhooks.len()).sum();
     tracing::info!(receivers, sender = sends, "webhooks enabled");

@@ -5,10 +5,10 @@
 //! can use up an app's API rate.
 
 use crate::error::HttpError;
+use crate::metrics::IngestMetrics;
 use crate::request::QueryParams;
 use crate::routing::percent_decode;
 use herald_config::AppConfig;
-use herald_metrics::Metrics;
 use herald_protocol::auth;
 use herald_protocol::rate::TokenBucket;
 use hyper::StatusCode;
@@ -33,7 +33,7 @@ pub(crate) struct SignedRequest<'a> {
 pub(crate) fn authenticate(
     app: &AppConfig,
     request: &SignedRequest,
-    metrics: &Metrics,
+    metrics: &IngestMetrics,
 ) -> Result<(), HttpError> {
     check_signature(app, request).map_err(|why| {
         metrics
@@ -101,7 +101,7 @@ impl RequestBudgets {
 
     /// Takes one request from `app`'s budget; an empty budget is a 429 and
     /// counts in `limit_rejections`.
-    pub(crate) fn take(&self, app: &AppConfig, metrics: &Metrics) -> Result<(), HttpError> {
+    pub(crate) fn take(&self, app: &AppConfig, metrics: &IngestMetrics) -> Result<(), HttpError> {
         let Some(bucket) = self.0.get(&app.id) else {
             return Ok(());
         };

@@ -17,6 +17,7 @@ mod authentication;
 mod channels;
 mod error;
 mod events;
+mod metrics;
 mod request;
 mod routing;
 mod users;
@@ -31,6 +32,7 @@ use herald_state::ChannelState;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
+use metrics::IngestMetrics;
 use request::QueryParams;
 use routing::Route;
 use serde_json::Value;
@@ -45,7 +47,7 @@ pub struct Ingest {
     budgets: RequestBudgets,
     state: Arc<ChannelState>,
     bus: Arc<Bus>,
-    metrics: Arc<Metrics>,
+    metrics: IngestMetrics,
     /// How long a request body may take to arrive (`body_timeout`).
     body_timeout: std::time::Duration,
 }
@@ -59,11 +61,12 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
 }
 
 impl Ingest {
+    /// Builds the HTTP API and registers its metric families into `metrics`.
     pub fn new(
         apps: &[Arc<AppConfig>],
         state: Arc<ChannelState>,
         bus: Arc<Bus>,
-        metrics: Arc<Metrics>,
+        metrics: &Metrics,
         body_timeout: std::time::Duration,
     ) -> Self {
         Self {
@@ -71,7 +74,7 @@ impl Ingest {
             budgets: RequestBudgets::new(apps),
             state,
             bus,
-            metrics,
+            metrics: IngestMetrics::register(metrics),
             body_timeout,
         }
     }

@@ -2,6 +2,15 @@
 //!
 //! Every label set is bounded: metrics are labelled by app (configured apps
 //! only), reason, kind, endpoint or status, never by channel, user or socket.
+//!
+//! [`Metrics`] holds the registry, readiness and the few families that more
+//! than one role writes (auth failures, limit rejections, bus publishes and
+//! the bus connection). Every other family belongs to the concern that
+//! writes it and is registered by that concern's own metrics type into this
+//! registry: `GatewayMetrics` (connections, messages, fan-out latency),
+//! `IngestMetrics` (HTTP API requests), `StateMetrics` (JetStream KV and
+//! scrape-time channel gauges) and `WebhookMetrics`. A role registers only
+//! the families of the concerns it runs.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -20,65 +29,17 @@ use tokio::net::TcpListener;
 pub struct Metrics {
     registry: Registry,
     ready: AtomicBool,
-    /// Open client connections.
-    pub connections: IntGaugeVec,
-    /// Connections accepted, by app.
-    pub connections_opened: IntCounterVec,
-    /// Connections closed, by app and reason.
-    pub connections_closed: IntCounterVec,
-    /// Handshakes refused before a connection was established, by reason (app label "" when unknown).
-    pub connections_refused: IntCounterVec,
-    /// Channel subscriptions held by this node's connections.
-    pub subscriptions: IntGaugeVec,
-    /// Messages written to sockets, by kind (event, client_event, internal, error).
-    pub messages_sent: IntCounterVec,
-    /// Messages read from sockets, by kind.
-    pub messages_received: IntCounterVec,
-    pub bytes_sent: IntCounterVec,
-    pub bytes_received: IntCounterVec,
-    /// Refused subscriptions and sign-ins, by kind.
+    /// Refused subscriptions, sign-ins (gateway) and API signatures (HTTP API), by kind.
     pub auth_failures: IntCounterVec,
-    /// Requests or messages refused by a limit, by limit.
+    /// Requests or messages refused by a limit, by limit (gateway and HTTP API).
     pub limit_rejections: IntCounterVec,
-    /// Connections dropped because their queue overflowed or a write stalled.
-    pub slow_consumer_disconnects: IntCounterVec,
-    /// HTTP API requests, by endpoint and status.
-    pub api_requests: IntCounterVec,
-    pub api_request_duration: HistogramVec,
-    /// Events published to the bus, and publish failures.
+    /// Events published to the bus (HTTP API triggers, client events), and publish failures.
     pub bus_publishes: IntCounterVec,
     pub bus_publish_failures: IntCounterVec,
-    /// 1 while the bus is connected (always 1 standalone).
+    /// 1 while the bus is connected (always 1 standalone); readiness depends on it.
     pub bus_connected: prometheus::IntGauge,
     /// Times the bus connection was (re-)established.
     pub bus_connects: prometheus::IntCounter,
-    /// Cluster state (JetStream KV) writes that failed; they are re-asserted later.
-    pub kv_write_failures: prometheus::IntCounter,
-    /// From a node's KV put to its own watch applying it: the replication lag.
-    pub kv_apply_seconds: prometheus::Histogram,
-    /// 1 while this node's heartbeats reach the cluster state (JetStream KV).
-    pub kv_healthy: prometheus::IntGauge,
-    /// Gateways found dead (heartbeat expired) whose entries were removed.
-    pub nodes_removed: prometheus::IntCounter,
-    /// From the trigger's publish timestamp to the queueing of the frame for the sockets.
-    pub delivery_latency: HistogramVec,
-    /// Webhook events put in the queue (cluster: not counting duplicates
-    /// another node queued first).
-    pub webhook_queued: IntCounterVec,
-    /// Webhook events a receiver accepted with a 2XX.
-    pub webhook_sent: IntCounterVec,
-    /// Webhook events that failed for the whole retry window (dead letters).
-    pub webhook_dead: IntCounterVec,
-    /// Failed webhook requests' events that will be retried.
-    pub webhook_retries: IntCounterVec,
-    /// Held-back `channel_vacated`/`member_removed` dropped with their re-add.
-    pub webhook_suppressed: IntCounterVec,
-    /// Webhook events that could not be queued (queue full, NATS down).
-    pub webhook_queue_failures: IntCounterVec,
-    /// Webhook events this process holds for delivery.
-    pub webhook_pending: IntGaugeVec,
-    /// From queueing a webhook event to its receiver's 2XX.
-    pub webhook_lag: HistogramVec,
     admin_routes: std::sync::OnceLock<Arc<dyn AdminRoutes>>,
 }
 
@@ -96,51 +57,53 @@ pub trait AdminRoutes: Send + Sync {
     ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = AdminResponse> + Send>>>;
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
-    c
-}
+/// Buckets for request and delivery latencies, in seconds.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
-fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("unique metric");
-    g
-}
+/// Registering a family: each concern (gateway, HTTP API, channel state,
+/// webhooks) builds its own families through these, into the one registry
+/// that `/metrics` renders.
+impl Metrics {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&self, collector: C) -> C {
+        self.registry
+            .register(Box::new(collector.clone()))
+            .expect("unique metric");
+        collector
+    }
 
-fn plain_counter(registry: &Registry, name: &str, help: &str) -> prometheus::IntCounter {
-    let c = prometheus::IntCounter::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
-    c
-}
+    pub fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
 
-fn plain_gauge(registry: &Registry, name: &str, help: &str) -> prometheus::IntGauge {
-    let g = prometheus::IntGauge::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("unique metric");
-    g
-}
+    pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    }
 
-fn histogram(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-    buckets: Vec<f64>,
-) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-        .expect("valid metric");
-    registry
-        .register(Box::new(h.clone()))
-        .expect("unique metric");
-    h
+    pub fn counter(&self, name: &str, help: &str) -> prometheus::IntCounter {
+        self.add(prometheus::IntCounter::new(name, help).expect("valid metric"))
+    }
+
+    pub fn gauge(&self, name: &str, help: &str) -> prometheus::IntGauge {
+        self.add(prometheus::IntGauge::new(name, help).expect("valid metric"))
+    }
+
+    pub fn histogram_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: Vec<f64>,
+    ) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(buckets);
+        self.add(HistogramVec::new(opts, labels).expect("valid metric"))
+    }
+
+    pub fn histogram(&self, name: &str, help: &str, buckets: Vec<f64>) -> prometheus::Histogram {
+        let opts = HistogramOpts::new(name, help).buckets(buckets);
+        self.add(prometheus::Histogram::with_opts(opts).expect("valid metric"))
+    }
 }
 
 impl Default for Metrics {
@@ -150,251 +113,72 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The registry with the families every role writes; each role then
+    /// registers its own (see the module docs).
     pub fn new() -> Self {
-        let r = Registry::new();
-        let latency_buckets = vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-        ];
-        Self {
-            connections: gauge(
-                &r,
-                "herald_connections",
-                "Open client connections.",
-                &["app"],
-            ),
-            connections_opened: counter(
-                &r,
-                "herald_connections_opened_total",
-                "Client connections established.",
-                &["app"],
-            ),
-            connections_closed: counter(
-                &r,
-                "herald_connections_closed_total",
-                "Client connections closed, by reason.",
-                &["app", "reason"],
-            ),
-            connections_refused: counter(
-                &r,
-                "herald_connections_refused_total",
-                "WebSocket handshakes refused, by reason.",
-                &["app", "reason"],
-            ),
-            subscriptions: gauge(
-                &r,
-                "herald_subscriptions",
-                "Channel subscriptions held by connections on this node.",
-                &["app"],
-            ),
-            messages_sent: counter(
-                &r,
-                "herald_messages_sent_total",
-                "Messages written to client sockets, by kind.",
+        let core = Self {
+            registry: Registry::new(),
+            ready: AtomicBool::new(false),
+            auth_failures: IntCounterVec::new(
+                Opts::new(
+                    "herald_auth_failures_total",
+                    "Refused channel authorizations, sign-ins and API signatures.",
+                ),
                 &["app", "kind"],
-            ),
-            messages_received: counter(
-                &r,
-                "herald_messages_received_total",
-                "Messages read from client sockets, by kind.",
-                &["app", "kind"],
-            ),
-            bytes_sent: counter(
-                &r,
-                "herald_bytes_sent_total",
-                "WebSocket bytes written to clients.",
-                &["app"],
-            ),
-            bytes_received: counter(
-                &r,
-                "herald_bytes_received_total",
-                "WebSocket payload bytes read from clients.",
-                &["app"],
-            ),
-            auth_failures: counter(
-                &r,
-                "herald_auth_failures_total",
-                "Refused channel authorizations, sign-ins and API signatures.",
-                &["app", "kind"],
-            ),
-            limit_rejections: counter(
-                &r,
-                "herald_limit_rejections_total",
-                "Messages, subscriptions and requests refused by a limit.",
+            )
+            .expect("valid metric"),
+            limit_rejections: IntCounterVec::new(
+                Opts::new(
+                    "herald_limit_rejections_total",
+                    "Messages, subscriptions and requests refused by a limit.",
+                ),
                 &["app", "limit"],
-            ),
-            slow_consumer_disconnects: counter(
-                &r,
-                "herald_slow_consumer_disconnects_total",
-                "Connections closed because they could not keep up.",
+            )
+            .expect("valid metric"),
+            bus_publishes: IntCounterVec::new(
+                Opts::new(
+                    "herald_bus_publishes_total",
+                    "Messages published to the bus.",
+                ),
                 &["app"],
-            ),
-            api_requests: counter(
-                &r,
-                "herald_api_requests_total",
-                "HTTP API requests, by endpoint and status.",
-                &["endpoint", "status"],
-            ),
-            api_request_duration: histogram(
-                &r,
-                "herald_api_request_duration_seconds",
-                "HTTP API request latency.",
-                &["endpoint"],
-                latency_buckets.clone(),
-            ),
-            bus_publishes: counter(
-                &r,
-                "herald_bus_publishes_total",
-                "Messages published to the bus.",
+            )
+            .expect("valid metric"),
+            bus_publish_failures: IntCounterVec::new(
+                Opts::new(
+                    "herald_bus_publish_failures_total",
+                    "Bus publishes that failed.",
+                ),
                 &["app"],
-            ),
-            bus_publish_failures: counter(
-                &r,
-                "herald_bus_publish_failures_total",
-                "Bus publishes that failed.",
-                &["app"],
-            ),
-            bus_connected: plain_gauge(
-                &r,
+            )
+            .expect("valid metric"),
+            bus_connected: prometheus::IntGauge::new(
                 "herald_bus_connected",
                 "1 while the bus (NATS) is connected.",
-            ),
-            bus_connects: plain_counter(
-                &r,
+            )
+            .expect("valid metric"),
+            bus_connects: prometheus::IntCounter::new(
                 "herald_bus_connects_total",
                 "Bus (NATS) connections established, including reconnects.",
-            ),
-            kv_write_failures: plain_counter(
-                &r,
-                "herald_kv_write_failures_total",
-                "Cluster state (JetStream KV) writes that failed.",
-            ),
-            kv_apply_seconds: {
-                let opts = HistogramOpts::new(
-                    "herald_kv_apply_seconds",
-                    "Time from a KV write to this node's watch applying it.",
-                )
-                .buckets(vec![
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-                ]);
-                let h = prometheus::Histogram::with_opts(opts).expect("valid metric");
-                r.register(Box::new(h.clone())).expect("unique metric");
-                h
-            },
-            kv_healthy: plain_gauge(
-                &r,
-                "herald_kv_healthy",
-                "1 while this node's heartbeats reach the cluster state (JetStream KV).",
-            ),
-            nodes_removed: plain_counter(
-                &r,
-                "herald_nodes_removed_total",
-                "Gateways found dead whose presence entries were removed.",
-            ),
-            delivery_latency: histogram(
-                &r,
-                "herald_delivery_latency_seconds",
-                "Time from the trigger's publish to queueing on the sockets.",
-                &["app"],
-                latency_buckets,
-            ),
-            webhook_queued: counter(
-                &r,
-                "herald_webhook_events_queued_total",
-                "Webhook events queued for delivery.",
-                &["app"],
-            ),
-            webhook_sent: counter(
-                &r,
-                "herald_webhook_events_sent_total",
-                "Webhook events accepted by a receiver (2XX).",
-                &["app"],
-            ),
-            webhook_dead: counter(
-                &r,
-                "herald_webhook_events_dead_total",
-                "Webhook events that failed for the whole retry window.",
-                &["app"],
-            ),
-            webhook_retries: counter(
-                &r,
-                "herald_webhook_retries_total",
-                "Webhook events of failed requests, to be retried.",
-                &["app"],
-            ),
-            webhook_suppressed: counter(
-                &r,
-                "herald_webhook_events_suppressed_total",
-                "Held-back vacated/removed webhook events dropped because the channel or user came back.",
-                &["app"],
-            ),
-            webhook_queue_failures: counter(
-                &r,
-                "herald_webhook_queue_failures_total",
-                "Webhook events that could not be queued.",
-                &["app"],
-            ),
-            webhook_pending: gauge(
-                &r,
-                "herald_webhook_pending_events",
-                "Webhook events held by this process for delivery.",
-                &["app"],
-            ),
-            webhook_lag: histogram(
-                &r,
-                "herald_webhook_lag_seconds",
-                "Time from queueing a webhook event to its receiver's 2XX.",
-                &["app"],
-                vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 150.0, 300.0],
-            ),
+            )
+            .expect("valid metric"),
             admin_routes: std::sync::OnceLock::new(),
-            registry: r,
-            ready: AtomicBool::new(false),
-        }
+        };
+        core.add(core.auth_failures.clone());
+        core.add(core.limit_rejections.clone());
+        core.add(core.bus_publishes.clone());
+        core.add(core.bus_publish_failures.clone());
+        core.add(core.bus_connected.clone());
+        core.add(core.bus_connects.clone());
+        core
     }
 
-    /// Creates the series of a configured app at zero, so that a fresh pod
-    /// exports them and `increase()` sees the first event. Connection series
-    /// only where WebSockets are served.
-    pub fn init_app(&self, app: &str, websockets: bool) {
+    /// Creates the shared series of a configured app at zero, so that a
+    /// fresh pod exports them and `increase()` sees the first event.
+    pub fn init_app(&self, app: &str) {
         for counter in [&self.bus_publishes, &self.bus_publish_failures] {
             counter.with_label_values(&[app]);
         }
-        for counter in [
-            &self.webhook_queued,
-            &self.webhook_sent,
-            &self.webhook_dead,
-            &self.webhook_retries,
-            &self.webhook_suppressed,
-            &self.webhook_queue_failures,
-        ] {
-            counter.with_label_values(&[app]);
-        }
-        self.webhook_pending.with_label_values(&[app]);
-        self.webhook_lag.with_label_values(&[app]);
         self.auth_failures.with_label_values(&[app, "api"]);
-        if !websockets {
-            return;
-        }
-        for gauge in [&self.connections, &self.subscriptions] {
-            gauge.with_label_values(&[app]);
-        }
-        for counter in [
-            &self.connections_opened,
-            &self.bytes_sent,
-            &self.bytes_received,
-            &self.slow_consumer_disconnects,
-        ] {
-            counter.with_label_values(&[app]);
-        }
-        for kind in ["channel", "signin", "auth_timeout"] {
-            self.auth_failures.with_label_values(&[app, kind]);
-        }
-        for kind in ["event", "client_event", "internal"] {
-            self.messages_sent.with_label_values(&[app, kind]);
-        }
-        for kind in ["client_event", "ping", "protocol", "malformed"] {
-            self.messages_received.with_label_values(&[app, kind]);
-        }
     }
 
     /// Adds a collector computed at scrape time (e.g. from replicated state).
@@ -508,7 +292,8 @@ mod tests {
     #[test]
     fn renders_labelled_metrics_and_readiness() {
         let m = Metrics::new();
-        m.connections.with_label_values(&["app1"]).set(3);
+        let connections = m.gauge_vec("herald_connections", "Open client connections.", &["app"]);
+        connections.with_label_values(&["app1"]).set(3);
         assert!(m.render().contains(r#"herald_connections{app="app1"} 3"#));
         assert_eq!(
             m.respond("/readyz").status(),

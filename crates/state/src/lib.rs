@@ -13,7 +13,10 @@
 
 mod error;
 pub mod kv;
+mod metrics;
 pub mod view;
+
+pub use metrics::{ChannelGauges, KvMetrics};
 
 pub use error::StateError;
 use herald_protocol::unix_millis;

@@ -30,6 +30,7 @@
 mod admin;
 mod dead;
 mod error;
+mod metrics;
 mod queue;
 mod queued;
 mod sender;
@@ -37,12 +38,12 @@ mod sender;
 pub use admin::WebhookAdmin;
 pub use dead::{DeadLetter, DeadLetters};
 pub use error::WebhookError;
+pub use metrics::WebhookMetrics;
 pub use queue::{consume, ensure_streams, Queue};
 pub use queued::Queued;
 pub use sender::Sender;
 
 use herald_config::AppConfig;
-use herald_metrics::Metrics;
 use herald_protocol::unix_millis;
 use herald_protocol::webhook::{WebhookEvent, WebhookKind};
 use herald_state::{Listener, Origin, Transition};
@@ -70,7 +71,7 @@ struct Inner {
     /// Held-back events by subject, with the token of the hold.
     held: Mutex<HashMap<HeldKey, u64>>,
     next_hold: AtomicU64,
-    metrics: Arc<Metrics>,
+    metrics: Arc<WebhookMetrics>,
 }
 
 /// Whether any app has a webhook receiver.
@@ -83,7 +84,7 @@ impl Webhooks {
         apps: &[Arc<AppConfig>],
         queue: Option<Arc<Queue>>,
         hold_back: Duration,
-        metrics: Arc<Metrics>,
+        metrics: Arc<WebhookMetrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
             inner: Arc::new(Inner {
@@ -140,10 +141,7 @@ impl Inner {
     /// the same channel or user (and is then dropped itself), else is queued.
     fn arrive(&self, key: HeldKey, event: WebhookEvent, id: Option<String>) {
         if self.held.lock().remove(&key).is_some() {
-            self.metrics
-                .webhook_suppressed
-                .with_label_values(&[&key.0])
-                .inc();
+            self.metrics.suppressed.with_label_values(&[&key.0]).inc();
             return;
         }
         self.emit(&key.0, event, id.as_deref());

@@ -6,12 +6,12 @@
 //! durable consumer; a second stream keeps the dead letters.
 
 use crate::error::WebhookError;
+use crate::metrics::WebhookMetrics;
 use crate::queued::{Ack, Pending, Queued};
 use crate::sender::Sender;
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream, Context};
 use futures::StreamExt;
 use herald_config::NatsConfig;
-use herald_metrics::Metrics;
 use herald_protocol::token::encode_token;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +50,7 @@ enum Backend {
 struct JsQueue {
     js: Context,
     subject_prefix: String,
-    metrics: Arc<Metrics>,
+    metrics: Arc<WebhookMetrics>,
 }
 
 impl JsQueue {
@@ -75,7 +75,7 @@ impl JsQueue {
             .map_err(WebhookError::nats)?;
         if !ack.duplicate {
             self.metrics
-                .webhook_queued
+                .queued
                 .with_label_values(&[&queued.app_id])
                 .inc();
         }
@@ -95,7 +95,7 @@ impl JsQueue {
             tokio::time::sleep(Duration::from_millis(500 * attempt)).await;
         };
         self.metrics
-            .webhook_queue_failures
+            .queue_failures
             .with_label_values(&[&queued.app_id])
             .inc();
         tracing::warn!(app = %queued.app_id, event = ?queued.event.name, error = %last_error, "webhook event could not be queued");
@@ -109,7 +109,7 @@ impl Queue {
     }
 
     /// The cluster queue; publishes from a background task.
-    pub fn nats(js: Context, nats: &NatsConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn nats(js: Context, nats: &NatsConfig, metrics: Arc<WebhookMetrics>) -> Self {
         let js = JsQueue {
             js,
             subject_prefix: nats.subject_prefix.clone(),
@@ -136,7 +136,7 @@ impl Queue {
             Backend::Memory(sender) => {
                 sender
                     .metrics()
-                    .webhook_queued
+                    .queued
                     .with_label_values(&[&queued.app_id])
                     .inc();
                 sender.route(Pending::new(queued, Ack::Memory));
@@ -148,7 +148,7 @@ impl Queue {
                         | mpsc::error::TrySendError::Closed(q) => q.0,
                     };
                     js.metrics
-                        .webhook_queue_failures
+                        .queue_failures
                         .with_label_values(&[&queued.app_id])
                         .inc();
                     tracing::warn!(app = %queued.app_id, "webhook publish backlog full; event dropped");

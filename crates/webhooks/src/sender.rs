@@ -8,10 +8,10 @@
 
 use crate::dead::{DeadLetter, DeadLetters};
 use crate::error::WebhookError;
+use crate::metrics::WebhookMetrics;
 use crate::queued::{Ack, Pending};
 use async_nats::jetstream::AckKind;
 use herald_config::{AppConfig, WebhookDelivery};
-use herald_metrics::Metrics;
 use herald_protocol::unix_millis;
 use herald_protocol::webhook::{signed_body, WebhookEvent};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -29,7 +29,7 @@ const TARGET_BACKLOG: usize = 100_000;
 /// This process's delivery of webhooks to every configured receiver.
 pub struct Sender {
     targets: HashMap<(String, usize), mpsc::Sender<Pending>>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<WebhookMetrics>,
 }
 
 impl Sender {
@@ -39,7 +39,7 @@ impl Sender {
         apps: &[Arc<AppConfig>],
         delivery: &WebhookDelivery,
         dead: Arc<DeadLetters>,
-        metrics: Arc<Metrics>,
+        metrics: Arc<WebhookMetrics>,
         keep_alive: Option<Duration>,
     ) -> Result<Arc<Self>, WebhookError> {
         let client = reqwest::Client::builder()
@@ -72,7 +72,7 @@ impl Sender {
         Ok(Arc::new(Self { targets, metrics }))
     }
 
-    pub(crate) fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &WebhookMetrics {
         &self.metrics
     }
 
@@ -84,10 +84,7 @@ impl Sender {
             None => true,
         };
         if refused {
-            self.metrics
-                .webhook_queue_failures
-                .with_label_values(&[&app])
-                .inc();
+            self.metrics.queue_failures.with_label_values(&[&app]).inc();
             tracing::warn!(%app, "webhook backlog full or receiver unknown; event dropped");
         }
     }
@@ -118,7 +115,7 @@ struct Target {
     delivery: WebhookDelivery,
     client: reqwest::Client,
     dead: Arc<DeadLetters>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<WebhookMetrics>,
     keep_alive: Option<Duration>,
 }
 
@@ -131,25 +128,25 @@ struct Backlog {
 }
 
 impl Backlog {
-    fn accept(&mut self, pending: Pending, metrics: &Metrics) {
+    fn accept(&mut self, pending: Pending, metrics: &WebhookMetrics) {
         if let Some(seq) = pending.ack.sequence() {
             if !self.sequences.insert(seq) {
                 return;
             }
         }
         metrics
-            .webhook_pending
+            .pending
             .with_label_values(&[&pending.queued.app_id])
             .inc();
         self.queue.push_back(pending);
     }
 
-    fn release(&mut self, pending: &Pending, metrics: &Metrics) {
+    fn release(&mut self, pending: &Pending, metrics: &WebhookMetrics) {
         if let Some(seq) = pending.ack.sequence() {
             self.sequences.remove(&seq);
         }
         metrics
-            .webhook_pending
+            .pending
             .with_label_values(&[&pending.queued.app_id])
             .dec();
     }
@@ -248,10 +245,10 @@ impl Target {
                         pending.ack.done().await;
                         backlog.release(pending, &metrics);
                         let lag = now.saturating_sub(pending.queued.queued_ms) as f64 / 1000.0;
-                        metrics.webhook_lag.with_label_values(&[&app]).observe(lag);
+                        metrics.lag.with_label_values(&[&app]).observe(lag);
                     }
                     metrics
-                        .webhook_sent
+                        .sent
                         .with_label_values(&[&app])
                         .inc_by(batch.len() as u64);
                     backoff = FIRST_BACKOFF;
@@ -287,7 +284,7 @@ impl Target {
             pending.attempts += 1;
             pending.last_error = error.to_string();
             if now.saturating_sub(pending.queued.queued_ms) < window {
-                self.metrics.webhook_retries.with_label_values(&[app]).inc();
+                self.metrics.retries.with_label_values(&[app]).inc();
                 backlog.queue.push_front(pending);
                 continue;
             }
@@ -304,7 +301,7 @@ impl Target {
             match self.dead.add(letter).await {
                 Ok(()) => {
                     tracing::warn!(%app, url = %self.url, event = ?pending.queued.event.name, attempts = pending.attempts, "webhook event failed for the whole retry window; kept as a dead letter");
-                    self.metrics.webhook_dead.with_label_values(&[app]).inc();
+                    self.metrics.dead.with_label_values(&[app]).inc();
                     pending.ack.done().await;
                     backlog.release(&pending, &self.metrics);
                 }

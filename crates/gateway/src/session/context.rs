@@ -7,10 +7,10 @@
 //! session.
 
 use crate::hub::AppHub;
+use crate::metrics::GatewayMetrics;
 use crate::peer::Peer;
 use crate::Gateway;
 use herald_config::AppConfig;
-use herald_metrics::Metrics;
 use herald_protocol::{frame, message};
 use herald_state::ChannelState;
 use herald_webhooks::Webhooks;
@@ -20,7 +20,7 @@ pub(super) struct Context<'a> {
     pub peer: &'a Peer,
     pub hub: &'a AppHub,
     pub state: &'a ChannelState,
-    pub metrics: &'a Metrics,
+    pub metrics: &'a GatewayMetrics,
     pub webhooks: &'a Webhooks,
 }
 

@@ -41,6 +41,7 @@ mod liveness;
 mod store;
 mod watch;
 
+pub use crate::metrics::KvMetrics;
 use crate::{Change, Shared, StateError};
 use async_nats::jetstream::kv::Store;
 use async_nats::jetstream::Context;
@@ -67,15 +68,6 @@ pub struct KvSettings {
     /// A node whose heartbeat is this old is dead; beats go out every third of it.
     pub node_ttl: Duration,
     pub metrics: KvMetrics,
-}
-
-/// What the store reports to Prometheus.
-#[derive(Debug, Clone)]
-pub struct KvMetrics {
-    pub write_failures: prometheus::IntCounter,
-    pub apply_seconds: prometheus::Histogram,
-    pub nodes_removed: prometheus::IntCounter,
-    pub healthy: prometheus::IntGauge,
 }
 
 /// What the watchers, the keep-alive task and the writers share.
