@@ -36,8 +36,7 @@ pub async fn start(
         None => {
             let dead = Arc::new(DeadLetters::in_memory());
             let sender =
-                Sender::start(apps, &delivery, dead.clone(), webhook_metrics.clone(), None)
-                    .map_err(anyhow::Error::msg)?;
+                Sender::start(apps, &delivery, dead.clone(), webhook_metrics.clone(), None)?;
             (Arc::new(Queue::in_memory(sender)), dead)
         }
         Some(js) => {
@@ -61,8 +60,7 @@ pub async fn start(
                     dead.clone(),
                     webhook_metrics.clone(),
                     Some(keep_alive),
-                )
-                .map_err(anyhow::Error::msg)?;
+                )?;
                 herald_webhooks::consume(js.clone(), config.nats.clone(), sender);
             }
             (queue, dead)
