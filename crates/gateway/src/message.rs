@@ -200,17 +200,7 @@ impl<R: Source> MessageReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_protocol::frame::unmask;
-
-    fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [1, 2, 3, 4];
-        let mut out = vec![b0, 0x80 | payload.len() as u8];
-        out.extend_from_slice(&mask);
-        let mut body = payload.to_vec();
-        unmask(&mut body, mask);
-        out.extend_from_slice(&body);
-        out
-    }
+    use crate::reader::masked;
 
     fn reader(frames: &[Vec<u8>], max: usize) -> MessageReader<tokio::io::DuplexStream> {
         let (_client, server) = tokio::io::duplex(64);

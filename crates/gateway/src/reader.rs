@@ -98,19 +98,22 @@ impl<R: Source> FrameReader<R> {
     }
 }
 
+/// A client frame as a browser sends it (masked, short payload), for tests
+/// of the readers.
+#[cfg(test)]
+pub(crate) fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [9, 8, 7, 6];
+    let mut out = vec![b0, 0x80 | payload.len() as u8];
+    out.extend_from_slice(&mask);
+    let mut body = payload.to_vec();
+    unmask(&mut body, mask);
+    out.extend_from_slice(&body);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn masked(b0: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [9, 8, 7, 6];
-        let mut out = vec![b0, 0x80 | payload.len() as u8];
-        out.extend_from_slice(&mask);
-        let mut body = payload.to_vec();
-        unmask(&mut body, mask);
-        out.extend_from_slice(&body);
-        out
-    }
 
     #[tokio::test]
     async fn reads_frames_split_across_reads_and_leftovers() {
