@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a new subscriber waits for its channel's NATS subscription to be
 /// live before it is acknowledged anyway (NATS down: it will go live on reconnect).
-const INTEREST_TIMEOUT: Duration = Duration::from_secs(2);
+const INTEREST_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Connects, retrying in the background if NATS is not up yet.
 /// `on_state(true)` runs on every (re)connect, `on_state(false)` on every loss.

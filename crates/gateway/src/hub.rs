@@ -5,6 +5,7 @@
 //! local subscriber except the excluded socket. Per-subscriber work is a
 //! reference-count increment and a non-blocking queue push.
 
+use crate::count_throttle::{CountThrottle, Offer};
 use crate::metrics::GatewayMetrics;
 use crate::peer::Peer;
 use bytes::Bytes;
@@ -18,7 +19,8 @@ use herald_state::{Listener, Origin, Transition};
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use tokio::time::Instant;
 
 type Sockets = HashMap<Arc<str>, Peer>;
 
@@ -145,17 +147,47 @@ impl AppHub {
 pub struct Hub {
     apps: HashMap<String, AppHub>,
     metrics: Arc<GatewayMetrics>,
+    /// Subscription counts to clients, at most one per channel per interval.
+    counts: CountThrottle,
+    /// This hub, for the held counts' delayed sends.
+    me: Weak<Hub>,
 }
 
 impl Hub {
-    pub fn new(apps: &[Arc<AppConfig>], bus: Arc<Bus>, metrics: Arc<GatewayMetrics>) -> Self {
-        Self {
+    pub fn new(apps: &[Arc<AppConfig>], bus: Arc<Bus>, metrics: Arc<GatewayMetrics>) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
             apps: apps
                 .iter()
                 .map(|a| (a.id.clone(), AppHub::new(a.clone(), bus.clone())))
                 .collect(),
             metrics,
+            counts: CountThrottle::default(),
+            me: me.clone(),
+        })
+    }
+
+    /// Tells the channel's sockets its subscription count, throttled (see `count_throttle`).
+    fn send_count(&self, app: &str, channel: &str, count: usize) {
+        match self.counts.offer(app, channel, count, Instant::now()) {
+            Offer::Now => self.deliver_count(app, channel, count),
+            Offer::Folded => {}
+            Offer::Later(at) => {
+                let (hub, app, channel) = (self.me.clone(), app.to_owned(), channel.to_owned());
+                tokio::spawn(async move {
+                    tokio::time::sleep_until(at).await;
+                    let Some(hub) = hub.upgrade() else { return };
+                    if let Some(count) = hub.counts.due(&app, &channel, Instant::now()) {
+                        hub.deliver_count(&app, &channel, count);
+                    }
+                });
+            }
         }
+    }
+
+    fn deliver_count(&self, app: &str, channel: &str, count: usize) {
+        let data = message::subscription_count_data(count);
+        let event = "pusher_internal:subscription_count";
+        self.deliver_event(&Envelope::new(app, channel, event, data));
     }
 
     pub fn app(&self, app_id: &str) -> Option<&AppHub> {
@@ -250,15 +282,10 @@ impl Listener for Hub {
                     .apps
                     .get(app)
                     .is_some_and(|a| a.config.subscription_count);
-                if !wanted || channel.starts_with("presence-") {
-                    return;
+                if wanted && !channel.starts_with("presence-") {
+                    self.send_count(app, channel, *count);
                 }
-                (
-                    app,
-                    channel.clone(),
-                    "pusher_internal:subscription_count",
-                    message::subscription_count_data(*count),
-                )
+                return;
             }
             Transition::UserOnline { app, user } | Transition::UserOffline { app, user } => {
                 let name = if matches!(transition, Transition::UserOnline { .. }) {

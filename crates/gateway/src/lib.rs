@@ -12,6 +12,7 @@
 
 mod client_address;
 mod connection;
+mod count_throttle;
 pub mod hub;
 mod message;
 pub mod metrics;
@@ -103,7 +104,7 @@ impl Gateway {
         Arc::new(Self {
             settings,
             apps_by_key: apps.iter().map(|a| (a.key.clone(), a.clone())).collect(),
-            hub: Arc::new(Hub::new(apps, bus.clone(), metrics.clone())),
+            hub: Hub::new(apps, bus.clone(), metrics.clone()),
             state,
             bus,
             metrics,

@@ -8,6 +8,7 @@ use herald_config::Config;
 use herald_metrics::Metrics;
 use herald_state::kv::KvSettings;
 use herald_state::{ChannelState, KvMetrics};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,12 +29,18 @@ pub async fn open(
     kv_metrics: KvMetrics,
     node_id: &str,
 ) -> anyhow::Result<Backbone> {
+    // Every node must admit the same members: the caps come from the shared config.
+    let member_caps: HashMap<String, usize> = config
+        .apps
+        .iter()
+        .map(|app| (app.id.clone(), app.max_presence_members))
+        .collect();
     if role == Role::Standalone {
         metrics.set_bus_connected(true);
         // In-process state has no store to lose touch with.
         kv_metrics.healthy.set(1);
         return Ok(Backbone {
-            state: Arc::new(ChannelState::in_memory()),
+            state: Arc::new(ChannelState::in_memory(member_caps)),
             bus: Arc::new(Bus::in_memory()),
             js: None,
         });
@@ -51,7 +58,7 @@ pub async fn open(
         metrics: kv_metrics,
     };
     let state = loop {
-        match ChannelState::replicated(client.clone(), node_id, &kv).await {
+        match ChannelState::replicated(client.clone(), node_id, &kv, member_caps.clone()).await {
             Ok(state) => break state,
             Err(e) => {
                 tracing::warn!(error = %e, "cluster state unavailable; retrying");

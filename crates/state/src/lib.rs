@@ -13,6 +13,7 @@
 
 mod error;
 pub mod kv;
+mod local;
 mod metrics;
 pub mod view;
 
@@ -20,6 +21,7 @@ pub use metrics::{ChannelGauges, KvMetrics};
 
 pub use error::StateError;
 use herald_protocol::unix_millis;
+use local::{Entry, Local};
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,6 +48,10 @@ impl Origin {
     }
 }
 
+/// How long a first presence join waits for the member to be replicated
+/// before it is answered from this node's view (see [`ChannelState::join`]).
+pub const JOIN_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// How long a cache channel keeps its last event (Pusher: 30 minutes).
 pub const CACHE_TTL_MS: u64 = 30 * 60 * 1000;
 
@@ -60,104 +66,29 @@ pub enum JoinError {
     Full { max: usize },
 }
 
-/// This node's own reference counts; only the first and last of each write
-/// to the view. They are the truth about this node's entries: the replicated
-/// store is rewritten from them whenever it lost some (see `kv`).
-#[derive(Default)]
-pub(crate) struct Local {
-    subscriptions: HashMap<(String, String), usize>,
-    /// Connections and `user_info` per (app, channel, user).
-    members: HashMap<(String, String, String), (usize, String)>,
-    online: HashMap<(String, String), usize>,
-}
-
-impl Local {
-    /// Every entry this node owns, as the changes that write it.
-    pub(crate) fn changes(&self, node: &str) -> Vec<Change> {
-        let subscriptions =
-            self.subscriptions
-                .iter()
-                .map(|((app, channel), count)| Change::Subscriptions {
-                    app: app.clone(),
-                    channel: channel.clone(),
-                    node: node.into(),
-                    count: *count,
-                });
-        let members = self
-            .members
-            .iter()
-            .map(|((app, channel, user), (_, info))| Change::Member {
-                app: app.clone(),
-                channel: channel.clone(),
-                user: user.clone(),
-                node: node.into(),
-                info: Some(info.clone()),
-            });
-        let online = self.online.keys().map(|(app, user)| Change::Online {
-            app: app.clone(),
-            user: user.clone(),
-            node: node.into(),
-            online: true,
-        });
-        subscriptions.chain(members).chain(online).collect()
-    }
-
-    /// For a removal of one of this node's entries: the write that restores
-    /// it, if this node still holds it.
-    pub(crate) fn restore(&self, removed: &Change) -> Option<Change> {
-        let mut restored = removed.clone();
-        match &mut restored {
-            Change::Subscriptions {
-                app,
-                channel,
-                count,
-                ..
-            } => {
-                *count = *self.subscriptions.get(&(app.clone(), channel.clone()))?;
-            }
-            Change::Member {
-                app,
-                channel,
-                user,
-                info,
-                ..
-            } => {
-                *info = Some(
-                    self.members
-                        .get(&(app.clone(), channel.clone(), user.clone()))?
-                        .1
-                        .clone(),
-                );
-            }
-            Change::Online {
-                app, user, online, ..
-            } => {
-                self.online.get(&(app.clone(), user.clone()))?;
-                *online = true;
-            }
-            Change::Cache { .. } => return None,
-        }
-        Some(restored)
-    }
-}
-
 /// What the state front and the store's background tasks share.
 pub(crate) struct Shared {
     pub(crate) node: String,
     pub(crate) replica: Replica,
-    /// Serialises this node's writes, so a put and the delete that follows it
-    /// can never reach the store in the other order.
-    pub(crate) local: tokio::sync::Mutex<Local>,
+    /// This node's own counts. Never held across an await: writes to the
+    /// store are ordered per entry by the writer (`kv`), not by this lock.
+    pub(crate) local: parking_lot::Mutex<Local>,
 }
 
 /// The shared view plus where transitions go.
-#[derive(Default)]
 pub(crate) struct Replica {
     view: RwLock<View>,
     listeners: RwLock<Vec<Arc<dyn Listener>>>,
 }
 
 impl Replica {
+    fn new(member_caps: HashMap<String, usize>) -> Self {
+        Self {
+            view: RwLock::new(View::with_member_caps(member_caps)),
+            listeners: RwLock::default(),
+        }
+    }
+
     pub(crate) fn apply(&self, change: Change, origin: Option<Origin>) {
         let transition = self.view.write().apply(change);
         if let Some(t) = transition {
@@ -196,29 +127,14 @@ enum Backend {
     Nats(kv::KvStore),
 }
 
-fn bump<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: K, up: bool) -> usize {
-    let count = map.entry(key).or_default();
-    *count = if up {
-        *count + 1
-    } else {
-        count.saturating_sub(1)
-    };
-    *count
-}
-
-fn drop_zero<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
-    if map.get(key) == Some(&0) {
-        map.remove(key);
-    }
-}
-
 impl ChannelState {
     /// The standalone state: one node, writes applied at once.
-    pub fn in_memory() -> Self {
+    /// `member_caps`: `max_presence_members` per app (see [`View::with_member_caps`]).
+    pub fn in_memory(member_caps: HashMap<String, usize>) -> Self {
         Self {
             shared: Arc::new(Shared {
                 node: "local".into(),
-                replica: Replica::default(),
+                replica: Replica::new(member_caps),
                 local: Default::default(),
             }),
             backend: Backend::Memory,
@@ -231,10 +147,11 @@ impl ChannelState {
         client: async_nats::Client,
         node: &str,
         settings: &kv::KvSettings,
+        member_caps: HashMap<String, usize>,
     ) -> Result<Self, StateError> {
         let shared = Arc::new(Shared {
             node: node.to_owned(),
-            replica: Replica::default(),
+            replica: Replica::new(member_caps),
             local: Default::default(),
         });
         let store = kv::KvStore::open(client, settings, shared.clone()).await?;
@@ -250,45 +167,65 @@ impl ChannelState {
         self.shared.replica.listeners.write().push(listener);
     }
 
-    async fn write(&self, change: Change) {
-        match &self.backend {
-            Backend::Nats(store) => store.write(&change).await,
-            Backend::Memory => self.shared.replica.apply(change, None),
-        }
-    }
-
     fn view(&self) -> parking_lot::RwLockReadGuard<'_, View> {
         self.shared.replica.view.read()
     }
 
-    /// Counts one more local subscription to `channel`.
-    pub async fn subscribe(&self, app: &str, channel: &str) {
-        self.change_subscriptions(app, channel, true).await;
+    /// Publishes `entry` as this node holds it now: in memory at once (under
+    /// the lock, so the view sees this node's changes in order), in the
+    /// cluster through the writer, coalesced unless `urgent`.
+    fn publish(&self, local: &Local, entry: Entry, urgent: bool) {
+        match &self.backend {
+            Backend::Memory => {
+                let change = local.current(&entry, &self.shared.node);
+                self.shared.replica.apply(change, None);
+            }
+            Backend::Nats(store) => store.mark(entry, urgent),
+        }
+    }
+
+    /// Counts one more local subscription to `channel`. Never waits: the
+    /// cluster hears at once that this node holds the channel, and the
+    /// count itself within `COUNT_INTERVAL`.
+    pub fn subscribe(&self, app: &str, channel: &str) {
+        self.change_subscriptions(app, channel, true);
     }
 
     /// Counts one local subscription less.
-    pub async fn unsubscribe(&self, app: &str, channel: &str) {
-        self.change_subscriptions(app, channel, false).await;
+    pub fn unsubscribe(&self, app: &str, channel: &str) {
+        self.change_subscriptions(app, channel, false);
     }
 
-    async fn change_subscriptions(&self, app: &str, channel: &str, up: bool) {
-        let mut local = self.shared.local.lock().await;
-        let key = (app.to_owned(), channel.to_owned());
-        let count = bump(&mut local.subscriptions, key.clone(), up);
-        drop_zero(&mut local.subscriptions, &key);
-        let (app, channel) = key;
-        self.write(Change::Subscriptions {
-            app,
-            channel,
-            node: self.shared.node.clone(),
-            count,
-        })
-        .await;
+    fn change_subscriptions(&self, app: &str, channel: &str, up: bool) {
+        let mut local = self.shared.local.lock();
+        let count = local.subscriptions(app, channel, up);
+        // This node starting or stopping to hold the channel is news now.
+        let urgent = count == usize::from(up);
+        let entry = Entry::Subscriptions {
+            app: app.into(),
+            channel: channel.into(),
+        };
+        self.publish(&local, entry, urgent);
     }
 
-    /// Adds one local connection of `user` to a presence channel. The
-    /// cluster-wide `member_added` (if this is the user's first connection
-    /// anywhere) has been handed to the listener when this returns.
+    /// The channel's subscription count with this node's own share exact
+    /// (the replicated shares of other nodes may lag by `COUNT_INTERVAL`
+    /// plus replication).
+    pub fn subscription_count(&self, app: &str, channel: &str) -> usize {
+        let mine = self.shared.local.lock().subscription_count(app, channel);
+        let view = self.view();
+        let replicated_mine = view.node_subscriptions(app, channel, &self.shared.node);
+        view.summary(app, channel).subscription_count - replicated_mine + mine
+    }
+
+    /// Adds one local connection of `user` to a presence channel. On the
+    /// user's first connection here it waits, at most [`JOIN_WAIT`], until
+    /// the member is in this node's view of the cluster: the others have
+    /// then been told `member_added`, and a cluster-wide `max_members` has
+    /// admitted or refused the user (members are admitted in the order the
+    /// store records them, the same on every node). When the store does not
+    /// answer in time (a NATS stall) the join is answered from this node's
+    /// view and the member is replicated when NATS is back.
     pub async fn join(
         &self,
         app: &str,
@@ -297,78 +234,91 @@ impl ChannelState {
         info: &str,
         max_members: usize,
     ) -> Result<(), JoinError> {
-        let mut local = self.shared.local.lock().await;
-        let key = (app.to_owned(), channel.to_owned(), user.to_owned());
-        if !local.members.contains_key(&key) {
-            let view = self.view();
-            if !view.has_member(app, channel, user)
-                && view.member_count(app, channel) >= max_members
-            {
-                return Err(JoinError::Full { max: max_members });
+        let entry = Entry::Member {
+            app: app.into(),
+            channel: channel.into(),
+            user: user.into(),
+        };
+        let applied = {
+            let mut local = self.shared.local.lock();
+            if !local.has_member(app, channel, user) {
+                let view = self.view();
+                if !view.has_member(app, channel, user)
+                    && view.member_count(app, channel) >= max_members
+                {
+                    return Err(JoinError::Full { max: max_members });
+                }
+            }
+            if !local.join(app, channel, user, info) {
+                return Ok(());
+            }
+            match &self.backend {
+                Backend::Memory => {
+                    self.publish(&local, entry.clone(), true);
+                    None
+                }
+                Backend::Nats(store) => Some(store.mark_and_wait(entry.clone())),
+            }
+        };
+        if let Some(applied) = applied {
+            if tokio::time::timeout(JOIN_WAIT, applied).await.is_err() {
+                tracing::debug!(
+                    app,
+                    channel,
+                    user,
+                    "presence join answered before replication"
+                );
+                return Ok(());
             }
         }
-        let entry = local
-            .members
-            .entry(key)
-            .or_insert_with(|| (0, info.to_owned()));
-        entry.0 += 1;
-        if entry.0 == 1 {
-            let info = Some(info.to_owned());
-            let change = Change::Member {
-                app: app.into(),
-                channel: channel.into(),
-                user: user.into(),
-                node: self.shared.node.clone(),
-                info,
-            };
-            self.write(change).await;
+        self.admitted(&entry, max_members)
+    }
+
+    /// After a first join was applied: whether the cluster-wide cap let the
+    /// member in. A refused member is forgotten here and its entry removed.
+    fn admitted(&self, entry: &Entry, max_members: usize) -> Result<(), JoinError> {
+        let Entry::Member { app, channel, user } = entry else {
+            return Ok(());
+        };
+        if self.view().has_member(app, channel, user) {
+            return Ok(());
         }
-        Ok(())
+        let mut local = self.shared.local.lock();
+        local.forget_member(app, channel, user);
+        self.publish(&local, entry.clone(), true);
+        Err(JoinError::Full { max: max_members })
     }
 
     /// Removes one local connection of `user` from a presence channel.
-    pub async fn leave(&self, app: &str, channel: &str, user: &str) {
-        let mut local = self.shared.local.lock().await;
-        let key = (app.to_owned(), channel.to_owned(), user.to_owned());
-        let Some(entry) = local.members.get_mut(&key) else {
-            return;
-        };
-        entry.0 -= 1;
-        if entry.0 == 0 {
-            local.members.remove(&key);
-            let change = Change::Member {
+    pub fn leave(&self, app: &str, channel: &str, user: &str) {
+        let mut local = self.shared.local.lock();
+        if local.leave(app, channel, user) {
+            let entry = Entry::Member {
                 app: app.into(),
                 channel: channel.into(),
                 user: user.into(),
-                node: self.shared.node.clone(),
-                info: None,
             };
-            self.write(change).await;
+            self.publish(&local, entry, true);
         }
     }
 
     /// Counts a signed-in local connection of `user`.
-    pub async fn user_online(&self, app: &str, user: &str) {
-        self.change_online(app, user, true).await;
+    pub fn user_online(&self, app: &str, user: &str) {
+        self.change_online(app, user, true);
     }
 
-    pub async fn user_offline(&self, app: &str, user: &str) {
-        self.change_online(app, user, false).await;
+    pub fn user_offline(&self, app: &str, user: &str) {
+        self.change_online(app, user, false);
     }
 
-    async fn change_online(&self, app: &str, user: &str, up: bool) {
-        let mut local = self.shared.local.lock().await;
-        let key = (app.to_owned(), user.to_owned());
-        let count = bump(&mut local.online, key.clone(), up);
-        drop_zero(&mut local.online, &key);
-        if count == usize::from(up) {
-            let change = Change::Online {
+    fn change_online(&self, app: &str, user: &str, up: bool) {
+        let mut local = self.shared.local.lock();
+        if local.online(app, user, up) == usize::from(up) {
+            let entry = Entry::Online {
                 app: app.into(),
                 user: user.into(),
-                node: self.shared.node.clone(),
-                online: up,
             };
-            self.write(change).await;
+            self.publish(&local, entry, true);
         }
     }
 
@@ -445,14 +395,14 @@ mod tests {
 
     #[tokio::test]
     async fn local_connections_of_one_user_make_one_member() {
-        let state = ChannelState::in_memory();
+        let state = ChannelState::in_memory(HashMap::new());
         let rec = Arc::new(Recorder::default());
         state.add_listener(rec.clone());
         state.join("a", "presence-x", "u1", "{}", 10).await.unwrap();
         state.join("a", "presence-x", "u1", "{}", 10).await.unwrap();
-        state.leave("a", "presence-x", "u1").await;
+        state.leave("a", "presence-x", "u1");
         assert_eq!(state.users("a", "presence-x"), ["u1"]);
-        state.leave("a", "presence-x", "u1").await;
+        state.leave("a", "presence-x", "u1");
         assert!(state.users("a", "presence-x").is_empty());
         let kinds: Vec<_> = rec
             .0
@@ -465,7 +415,7 @@ mod tests {
 
     #[tokio::test]
     async fn member_cap_counts_distinct_users() {
-        let state = ChannelState::in_memory();
+        let state = ChannelState::in_memory(HashMap::new());
         state.join("a", "presence-x", "u1", "{}", 1).await.unwrap();
         state.join("a", "presence-x", "u1", "{}", 1).await.unwrap();
         assert_eq!(
@@ -476,18 +426,18 @@ mod tests {
 
     #[tokio::test]
     async fn counts_subscriptions_and_online_users() {
-        let state = ChannelState::in_memory();
-        state.subscribe("a", "orders").await;
-        state.subscribe("a", "orders").await;
+        let state = ChannelState::in_memory(HashMap::new());
+        state.subscribe("a", "orders");
+        state.subscribe("a", "orders");
         assert_eq!(state.channel("a", "orders").subscription_count, 2);
-        state.unsubscribe("a", "orders").await;
-        state.unsubscribe("a", "orders").await;
+        state.unsubscribe("a", "orders");
+        state.unsubscribe("a", "orders");
         assert!(state.channels("a", "").is_empty());
-        state.user_online("a", "u").await;
-        state.user_online("a", "u").await;
-        state.user_offline("a", "u").await;
+        state.user_online("a", "u");
+        state.user_online("a", "u");
+        state.user_offline("a", "u");
         assert_eq!(state.online_among("a", &["u".into()]), ["u"]);
-        state.user_offline("a", "u").await;
+        state.user_offline("a", "u");
         assert!(state.online_among("a", &["u".into()]).is_empty());
     }
 }

@@ -71,6 +71,8 @@ impl Collector for ChannelGauges {
 /// What the KV store reports.
 #[derive(Debug, Clone)]
 pub struct KvMetrics {
+    /// This node's writes to the cluster state (puts and removals).
+    pub writes: prometheus::IntCounter,
     /// Cluster state (JetStream KV) writes that failed; they are re-asserted later.
     pub write_failures: prometheus::IntCounter,
     /// From a node's KV put to its own watch applying it: the replication lag.
@@ -84,6 +86,10 @@ pub struct KvMetrics {
 impl KvMetrics {
     pub fn register(metrics: &Metrics) -> Self {
         Self {
+            writes: metrics.counter(
+                "herald_kv_writes_total",
+                "Writes of this node to the cluster state (JetStream KV), coalesced per entry.",
+            ),
             write_failures: metrics.counter(
                 "herald_kv_write_failures_total",
                 "Cluster state (JetStream KV) writes that failed.",

@@ -90,6 +90,9 @@ struct ChannelView {
     subscriptions: HashMap<String, usize>,
     /// user -> node -> user_info; ordered so member lists are stable.
     members: BTreeMap<String, HashMap<String, String>>,
+    /// (user, node) entries that arrived when the channel was full: not
+    /// members, but still entries their node owns and must remove.
+    refused: HashSet<(String, String)>,
     cache: Option<CachedEvent>,
 }
 
@@ -99,7 +102,10 @@ impl ChannelView {
     }
 
     fn is_empty(&self) -> bool {
-        self.subscriptions.is_empty() && self.members.is_empty() && self.cache.is_none()
+        self.subscriptions.is_empty()
+            && self.members.is_empty()
+            && self.refused.is_empty()
+            && self.cache.is_none()
     }
 }
 
@@ -120,9 +126,22 @@ pub struct ChannelSummary {
 #[derive(Default, Debug)]
 pub struct View {
     apps: HashMap<String, AppView>,
+    /// `max_presence_members` per app: a member entry for a new user of a
+    /// channel that already has this many is refused. Every node folds the
+    /// same stream with the same caps, so every node refuses the same entry.
+    member_caps: HashMap<String, usize>,
 }
 
 impl View {
+    /// An empty view that admits at most `member_caps[app]` members per
+    /// presence channel (no cap for apps not named).
+    pub fn with_member_caps(member_caps: HashMap<String, usize>) -> Self {
+        Self {
+            apps: HashMap::new(),
+            member_caps,
+        }
+    }
+
     fn channel(&self, app: &str, channel: &str) -> Option<&ChannelView> {
         self.apps.get(app)?.channels.get(channel)
     }
@@ -197,9 +216,14 @@ impl View {
         node: String,
         info: Option<String>,
     ) -> Option<Transition> {
+        let cap = self.member_caps.get(&app).copied().unwrap_or(usize::MAX);
         let app_view = self.apps.entry(app.clone()).or_default();
         let entry = app_view.channels.entry(channel.clone()).or_default();
         let transition = match info {
+            Some(_) if !entry.members.contains_key(&user) && entry.members.len() >= cap => {
+                entry.refused.insert((user, node));
+                None
+            }
             Some(info) => {
                 let nodes = entry.members.entry(user.clone()).or_default();
                 let first = nodes.is_empty();
@@ -212,6 +236,7 @@ impl View {
                 })
             }
             None => {
+                entry.refused.remove(&(user.clone(), node.clone()));
                 let removed = entry
                     .members
                     .get_mut(&user)
@@ -281,16 +306,21 @@ impl View {
                         count: 0,
                     });
                 }
-                for (user, nodes) in &c.members {
-                    if nodes.contains_key(node) {
-                        out.push(Change::Member {
-                            app: app.clone(),
-                            channel: channel.clone(),
-                            user: user.clone(),
-                            node: node.into(),
-                            info: None,
-                        });
-                    }
+                let refused = c.refused.iter().filter(|(_, n)| n == node).map(|(u, _)| u);
+                for user in c
+                    .members
+                    .iter()
+                    .filter(|(_, nodes)| nodes.contains_key(node))
+                    .map(|(user, _)| user)
+                    .chain(refused)
+                {
+                    out.push(Change::Member {
+                        app: app.clone(),
+                        channel: channel.clone(),
+                        user: user.clone(),
+                        node: node.into(),
+                        info: None,
+                    });
                 }
             }
             for (user, nodes) in &app_view.online {
@@ -314,6 +344,7 @@ impl View {
             for c in app_view.channels.values() {
                 out.extend(c.subscriptions.keys().cloned());
                 out.extend(c.members.values().flat_map(|n| n.keys().cloned()));
+                out.extend(c.refused.iter().map(|(_, node)| node.clone()));
             }
             out.extend(app_view.online.values().flatten().cloned());
         }
@@ -339,6 +370,13 @@ impl View {
     pub fn has_member(&self, app: &str, channel: &str, user: &str) -> bool {
         self.channel(app, channel)
             .is_some_and(|c| c.members.contains_key(user))
+    }
+
+    /// `node`'s replicated subscription count for a channel.
+    pub fn node_subscriptions(&self, app: &str, channel: &str, node: &str) -> usize {
+        self.channel(app, channel)
+            .and_then(|c| c.subscriptions.get(node).copied())
+            .unwrap_or(0)
     }
 
     pub fn member_count(&self, app: &str, channel: &str) -> usize {
@@ -566,5 +604,21 @@ mod tests {
             v.apply(online("n2", false)),
             Some(Transition::UserOffline { .. })
         ));
+    }
+
+    #[test]
+    fn a_full_channel_refuses_new_members_in_stream_order_on_every_node() {
+        let caps = HashMap::from([("a".to_owned(), 1)]);
+        let mut v = View::with_member_caps(caps);
+        assert!(v.apply(member("u1", "n1", Some("{}"))).is_some());
+        // Another node's join of a second user lost the race: refused everywhere.
+        assert_eq!(v.apply(member("u2", "n2", Some("{}"))), None);
+        assert_eq!(v.users("a", "presence-x"), ["u1"]);
+        // The same user through another node is not a new member.
+        assert_eq!(v.apply(member("u1", "n2", Some("{}"))), None);
+        // The refused entry is still n2's to remove, and removing it tells nobody.
+        assert!(v.owned_by("n2").contains(&member("u2", "n2", None)));
+        assert_eq!(v.apply(member("u2", "n2", None)), None);
+        assert!(!v.owned_by("n2").contains(&member("u2", "n2", None)));
     }
 }

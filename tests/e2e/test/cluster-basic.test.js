@@ -173,8 +173,10 @@ test('presence: members on A are in the member list of a client joining on B and
   assert.deepEqual(await h.sdkGetJson(sdk, usersPath), { users: [{ id: '1' }, { id: '2' }, { id: '3' }] });
   const listed = await h.sdkGetJson(sdk, '/channels', { filter_by_prefix: 'presence-', info: 'user_count' });
   assert.deepEqual(listed.channels['presence-lobby'], { user_count: 3 }, JSON.stringify(listed));
-  const info = await h.sdkGetJson(sdk, '/channels/presence-lobby', { info: 'user_count,subscription_count' });
-  assert.deepEqual(info, { occupied: true, user_count: 3, subscription_count: 3 });
+  // Subscription counts are published coalesced (at most every 100 ms per node): bounded wait.
+  const info = () => h.sdkGetJson(sdk, '/channels/presence-lobby', { info: 'user_count,subscription_count' });
+  await h.waitFor(async () => (await info()).subscription_count === 3, 5000, 'subscription_count 3 at the ingest');
+  assert.deepEqual(await info(), { occupied: true, user_count: 3, subscription_count: 3 });
 
   // Carol leaves A: everybody and the API see it
   carol.disconnect();

@@ -109,7 +109,7 @@ fn include_member(presence: &mut serde_json::Value, user: &str, info: &str) {
 }
 
 pub(super) async fn leave(cx: &Context<'_>, channel: &str, user_id: &str) {
-    cx.state.leave(&cx.app.id, channel, user_id).await;
+    cx.state.leave(&cx.app.id, channel, user_id);
 }
 
 #[cfg(test)]

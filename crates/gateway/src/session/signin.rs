@@ -52,7 +52,7 @@ pub(super) async fn signin(
     if !watchlist.is_empty() {
         report_watchlist(cx, &watchlist);
     }
-    cx.state.user_online(&cx.app.id, &id).await;
+    cx.state.user_online(&cx.app.id, &id);
     let info = data.user_info.map(|raw| raw.get().to_owned());
     *user = Some(User {
         id,
@@ -123,5 +123,5 @@ pub(super) async fn sign_out(cx: &Context<'_>, user: User) {
     for watched in &user.watchlist {
         cx.leave_local(&watchlist_channel(watched));
     }
-    cx.state.user_offline(&cx.app.id, &user.id).await;
+    cx.state.user_offline(&cx.app.id, &user.id);
 }

@@ -152,7 +152,7 @@ fn authorize(cx: &Context<'_>, sub: &Subscribe) -> Result<(), Refused> {
 /// (declaring the bus interest): the new count reaches the others now, and
 /// this socket gets it after its acknowledgement.
 async fn declare_interest(cx: &Context<'_>, channel: &str) {
-    cx.state.subscribe(&cx.app.id, channel).await;
+    cx.state.subscribe(&cx.app.id, channel);
     cx.join_local(channel).await;
     cx.metrics
         .subscriptions
@@ -167,7 +167,7 @@ fn acknowledge(cx: &Context<'_>, name: &ChannelName, member: Option<&Member>) {
     let presence = member.map(|member| presence::data_with(cx, channel, member));
     cx.send_text(&message::subscription_succeeded(channel, presence));
     if cx.app.subscription_count && !name.is_presence() {
-        let count = cx.state.channel(&cx.app.id, channel).subscription_count;
+        let count = cx.state.subscription_count(&cx.app.id, channel);
         let data = message::subscription_count_data(count);
         cx.send_text(&message::channel_event(
             "pusher_internal:subscription_count",
@@ -219,5 +219,5 @@ pub(super) async fn unsubscribe(
     if let Some(user_id) = sub.presence_user {
         presence::leave(cx, channel, &user_id).await;
     }
-    cx.state.unsubscribe(&cx.app.id, channel).await;
+    cx.state.unsubscribe(&cx.app.id, channel);
 }

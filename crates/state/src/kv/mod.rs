@@ -40,7 +40,9 @@ mod keys;
 mod liveness;
 mod store;
 mod watch;
+mod writer;
 
+use crate::local::Entry;
 pub use crate::metrics::KvMetrics;
 use crate::{Change, Shared, StateError};
 use async_nats::jetstream::kv::Store;
@@ -51,8 +53,10 @@ use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use writer::Writer;
 
 /// How long a node waits for its own write to come back through the watch.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -93,6 +97,8 @@ struct Inner {
     /// Dead nodes whose keys are still to be deleted, and when they died.
     cleanups: Mutex<HashMap<String, (Instant, Vec<Change>)>>,
     client: async_nats::Client,
+    /// This node's dirty entries and their writes.
+    writer: Writer,
 }
 
 pub(crate) struct KvStore {
@@ -145,6 +151,7 @@ impl KvStore {
             client: client_for_state,
             liveness: Liveness::new(settings.node_ttl),
             reassert: Notify::new(),
+            writer: Writer::default(),
         });
         inner.heartbeat().await?;
         watch::spawn_watcher(inner.clone(), false, state_tx);
@@ -168,6 +175,7 @@ impl KvStore {
             }
         }
         tokio::spawn(inner.clone().keep_alive());
+        tokio::spawn(inner.clone().flush());
         Ok(Self { inner })
     }
 
@@ -179,20 +187,14 @@ impl KvStore {
             .inspect_err(|_| self.inner.settings.metrics.write_failures.inc())
     }
 
-    /// Writes one owned entry; a put returns once this node's view has it.
-    /// A failure is logged; the entry is written again when NATS is back.
-    pub(crate) async fn write(&self, change: &Change) {
-        if self.inner.client.connection_state() != async_nats::connection::State::Connected {
-            // Do not hold up this node's sockets on an outage: the entry is
-            // written by the re-assert once NATS is back.
-            self.inner.settings.metrics.write_failures.inc();
-            self.inner.reassert.notify_one();
-            return;
-        }
-        if let Err(e) = self.inner.write(change).await {
-            tracing::warn!(error = %e, "KV write failed");
-            self.inner.settings.metrics.write_failures.inc();
-            self.inner.reassert.notify_one();
-        }
+    /// Marks one of this node's entries for writing (see `writer`).
+    pub(crate) fn mark(&self, entry: Entry, urgent: bool) {
+        self.inner.writer.mark(entry, urgent);
+    }
+
+    /// Marks an entry for writing now; the receiver resolves once it is in
+    /// this node's view, that is, cluster-consistent.
+    pub(crate) fn mark_and_wait(&self, entry: Entry) -> oneshot::Receiver<()> {
+        self.inner.writer.mark_and_wait(entry)
     }
 }

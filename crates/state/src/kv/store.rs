@@ -5,6 +5,7 @@
 
 use super::keys::{encode, heartbeat_key};
 use super::{Inner, APPLY_TIMEOUT, MARKER_TTL};
+use crate::local::Entry;
 use crate::{Change, StateError};
 use async_nats::jetstream::kv::{self, Store};
 use async_nats::jetstream::{stream, Context};
@@ -70,6 +71,7 @@ impl Inner {
     pub(super) async fn write(&self, change: &Change) -> Result<(), StateError> {
         let (store, applied) = self.bucket_for(change);
         let (key, value) = encode(change);
+        self.settings.metrics.writes.inc();
         match value {
             Some(value) => {
                 let started = Instant::now();
@@ -120,31 +122,28 @@ impl Inner {
         Ok(())
     }
 
-    /// Makes the store match this node's local counts: rewrites every entry
-    /// it holds and deletes every entry the view still attributes to it but
-    /// it no longer holds (a delete that never reached NATS).
-    async fn reassert_all(&self) -> Result<(), StateError> {
-        let local = self.shared.local.lock().await;
+    /// Makes the store match this node's local counts: marks every entry
+    /// it holds, and every entry the view still attributes to it but it no
+    /// longer holds (a removal that never reached NATS), for writing.
+    fn reassert_all(&self) {
         let node = &self.shared.node;
-        let stale: Vec<Change> = self
-            .shared
-            .replica
-            .view
-            .read()
-            .owned_by(node)
-            .into_iter()
-            .filter(|removal| local.restore(removal).is_none())
+        let owned = self.shared.replica.view.read().owned_by(node);
+        let local = self.shared.local.lock();
+        let stale: Vec<Entry> = owned
+            .iter()
+            .filter_map(Entry::of)
+            .filter(|entry| !local.holds(entry))
             .collect();
-        let changes = local.changes(node);
+        let held = local.entries();
+        drop(local);
         tracing::info!(
-            entries = changes.len(),
+            entries = held.len(),
             stale = stale.len(),
             "re-asserting this node's entries"
         );
-        for change in stale.iter().chain(&changes) {
-            self.write(change).await?;
+        for entry in stale.into_iter().chain(held) {
+            self.writer.mark(entry, true);
         }
-        Ok(())
     }
 
     /// A dead node's entries leave every view; the lowest live node deletes the keys.
@@ -201,21 +200,17 @@ impl Inner {
     }
 
     /// An entry of this node was removed: write it again if this node still holds it.
-    pub(super) fn repair(self: &Arc<Self>, removed: Change) {
-        let inner = self.clone();
-        tokio::spawn(async move {
-            let local = inner.shared.local.lock().await;
-            if let Some(restored) = local.restore(&removed) {
-                tracing::info!(
-                    ?restored,
-                    "restoring an entry removed while this node holds it"
-                );
-                if let Err(e) = inner.write(&restored).await {
-                    tracing::warn!(error = %e, "restoring an entry failed");
-                    inner.reassert.notify_one();
-                }
-            }
-        });
+    pub(super) fn repair(&self, removed: &Change) {
+        let Some(entry) = Entry::of(removed) else {
+            return;
+        };
+        if self.shared.local.lock().holds(&entry) {
+            tracing::info!(
+                ?entry,
+                "restoring an entry removed while this node holds it"
+            );
+            self.writer.mark(entry, true);
+        }
     }
 
     /// Beats, sweeps silent nodes, and re-asserts after losses, forever.
@@ -278,10 +273,8 @@ impl Inner {
         let inner = self.clone();
         tokio::spawn(async move {
             inner.reopen_buckets().await;
-            if let Err(e) = inner.reassert_all().await {
-                tracing::warn!(error = %e, "re-assert failed; retrying next beat");
-                inner.reassert.notify_one();
-            }
+            // A write that fails asks for the next re-assert itself.
+            inner.reassert_all();
             inner.reasserting.store(false, Ordering::SeqCst);
         });
         true

@@ -210,7 +210,7 @@ impl Inner {
         };
         self.shared.replica.apply(change.clone(), origin);
         if removal_of_mine {
-            self.repair(change);
+            self.repair(&change);
         }
     }
 }
