@@ -145,8 +145,11 @@ fn classify(text: &str, counts: &mut FloodCounts) -> anyhow::Result<()> {
     match message["event"].as_str() {
         Some("pusher_internal:subscription_succeeded") => counts.accepted += 1,
         Some("pusher:subscription_error") => {
-            let data: serde_json::Value =
-                serde_json::from_str(message["data"].as_str().unwrap_or("{}"))?;
+            // An object (Herald, soketi) or, from other servers, its JSON text.
+            let data = match &message["data"] {
+                serde_json::Value::String(text) => serde_json::from_str(text)?,
+                object => object.clone(),
+            };
             if data["status"] == 429 {
                 counts.over_rate += 1;
             } else {
@@ -233,7 +236,8 @@ mod tests {
         let answers = [
             r#"{"event":"pusher_internal:subscription_succeeded","channel":"a","data":"{}"}"#,
             r#"{"event":"pusher:subscription_error","channel":"b","data":"{\"type\":\"LimitReached\",\"error\":\"x\",\"status\":429}"}"#,
-            r#"{"event":"pusher:subscription_error","channel":"c","data":"{\"type\":\"LimitReached\",\"error\":\"x\",\"status\":403}"}"#,
+            r#"{"event":"pusher:subscription_error","channel":"c","data":{"type":"LimitReached","error":"x","status":429}}"#,
+            r#"{"event":"pusher:subscription_error","channel":"d","data":{"type":"LimitReached","error":"x","status":403}}"#,
             r#"{"event":"pusher:pong","data":"{}"}"#,
         ];
         for answer in answers {
@@ -241,7 +245,7 @@ mod tests {
         }
         assert_eq!(
             (counts.accepted, counts.over_rate, counts.refused_otherwise),
-            (1, 1, 1)
+            (1, 2, 1)
         );
     }
 }
