@@ -2,11 +2,18 @@
 //!
 //! Modes: `fanout` (deliveries/s, loss, duplicates, end-to-end latency),
 //! `idle` (server RSS per subscribed connection), `connect-rate`
-//! (connections + subscriptions per second) and `presence-churn` (presence
-//! joins + leaves per second, and how long the HTTP API takes to agree).
+//! (connections + subscriptions per second), `presence-churn` (presence
+//! joins + leaves per second, and how long the HTTP API takes to agree) and
+//! `subscribe-flood` (others' subscribe latency while one socket floods
+//! subscribes).
 //! Each run prints readable lines and one JSON summary line, and reports the
 //! generator's own CPU use so a run where the generator was the bottleneck
 //! says so.
+
+// In a folder of the binary's name: a file directly in src/bin/ would be
+// taken for a binary of its own.
+#[path = "loadgen/subscribe_flood.rs"]
+mod subscribe_flood;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
@@ -98,6 +105,21 @@ enum Mode {
         #[arg(long, default_value_t = 5)]
         duration: u64,
     },
+    /// Flooder sockets send subscribes as fast as they can while other
+    /// clients time theirs.
+    SubscribeFlood {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1)]
+        flooders: usize,
+        /// Ordinary clients, each subscribing to a fresh channel every interval.
+        #[arg(long, default_value_t = 200)]
+        others: usize,
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -137,6 +159,21 @@ fn main() -> anyhow::Result<()> {
                 channels,
                 duration,
             } => presence_churn(&target, api, users, channels, duration, threads).await,
+            Mode::SubscribeFlood {
+                target,
+                flooders,
+                others,
+                interval_ms,
+                duration,
+            } => {
+                let flood = subscribe_flood::Flood {
+                    flooders,
+                    others,
+                    interval_ms,
+                    duration,
+                };
+                subscribe_flood::run(&target, flood, threads).await
+            }
         }
     })
 }

@@ -256,6 +256,11 @@ pub struct AppConfig {
     /// Channels one connection may be subscribed to at once.
     #[serde(default = "default_max_subscriptions")]
     pub max_subscriptions_per_connection: usize,
+    /// `pusher:subscribe` requests per connection per second, after a burst
+    /// of `max_subscriptions_per_connection` (so a reconnecting client can
+    /// resubscribe to every channel it may hold at once); over it: 429.
+    #[serde(default = "default_subscribe_rate")]
+    pub max_subscribes_per_second: u32,
     /// HTTP API requests per second for the app (0 = unlimited); over it: 429.
     #[serde(default)]
     pub max_api_requests_per_second: u32,
@@ -289,6 +294,9 @@ impl WebhookConfig {
 
 fn default_max_subscriptions() -> usize {
     1000
+}
+fn default_subscribe_rate() -> u32 {
+    50
 }
 
 fn yes() -> bool {
@@ -333,6 +341,7 @@ impl AppConfig {
             max_batch_events: default_max_batch(),
             max_client_events_per_second: default_client_rate(),
             max_subscriptions_per_connection: default_max_subscriptions(),
+            max_subscribes_per_second: default_subscribe_rate(),
             max_api_requests_per_second: 0,
             allowed_origins: Vec::new(),
             webhooks: Vec::new(),
@@ -579,6 +588,10 @@ impl Config {
                     "max_subscriptions_per_connection",
                     app.max_subscriptions_per_connection,
                 ),
+                (
+                    "max_subscribes_per_second",
+                    app.max_subscribes_per_second as usize,
+                ),
             ] {
                 if value == 0 {
                     return Err(invalid(key(field), "must be greater than 0"));
@@ -636,6 +649,27 @@ mod tests {
         assert_eq!(app.max_channels_per_event, 100);
         assert_eq!(app.max_batch_events, 10);
         assert_eq!(c.activity_timeout, 120);
+    }
+
+    #[test]
+    fn subscribe_rate_defaults_and_must_be_positive() {
+        let app = "[[apps]]\nid='1'\nkey='k'\nsecret='s'\n";
+        let c = Config::from_toml(app).unwrap();
+        assert_eq!(c.apps[0].max_subscribes_per_second, 50);
+        assert_eq!(AppConfig::new("1", "k", "s").max_subscribes_per_second, 50);
+        let c = Config::from_toml(&format!("{app}max_subscribes_per_second = 5\n")).unwrap();
+        assert_eq!(c.apps[0].max_subscribes_per_second, 5);
+        let err = Config::from_toml(&format!("{app}max_subscribes_per_second = 0\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`apps[0].max_subscribes_per_second` must be greater than 0"),
+            "{err}"
+        );
+        let err = Config::from_toml(&format!("{app}max_subscribes_per_second = -1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("apps[0].max_subscribes_per_second"), "{err}");
     }
 
     #[test]

@@ -4,14 +4,16 @@
 //! that everything it added to the hub, the channel state and the bus
 //! interest is removed again in [`Session::finish`], however the connection
 //! ended. It only dispatches: each client request is handled in a module of
-//! its own (`subscribe`, `presence`, `signin`, `client_event`) that gets a
-//! [`Context`] with the handles it may use rather than the whole gateway.
+//! its own (`subscribe` with its `subscribe_rate`, `presence`, `signin`,
+//! `client_event`) that gets a [`Context`] with the handles it may use
+//! rather than the whole gateway.
 
 mod client_event;
 mod context;
 mod presence;
 mod signin;
 mod subscribe;
+mod subscribe_rate;
 
 use crate::message::{Message, MessageError};
 use crate::peer::Peer;
@@ -25,6 +27,7 @@ use herald_protocol::rate::TokenBucket;
 use herald_protocol::{codes, frame, Cause, ChannelName, Disconnect};
 use std::collections::HashMap;
 use std::sync::Arc;
+use subscribe_rate::SubscribeRate;
 use tokio::time::Instant;
 
 /// Longest user id accepted in `channel_data` or `user_data` (Pusher's limit).
@@ -64,6 +67,7 @@ pub struct Session {
     subscriptions: Subscriptions,
     user: Option<User>,
     client_events: TokenBucket,
+    subscribes: SubscribeRate,
     /// With `user_authentication_timeout`: when the socket must have signed in
     /// or subscribed to a private or presence channel (Pusher's "authorized connections").
     auth_deadline: Option<Instant>,
@@ -75,8 +79,9 @@ impl Session {
         let auth_deadline = app
             .user_authentication_timeout()
             .map(|t| Instant::now() + t);
-        let client_events =
-            TokenBucket::new(app.max_client_events_per_second, std::time::Instant::now());
+        let opened = std::time::Instant::now();
+        let client_events = TokenBucket::new(app.max_client_events_per_second, opened);
+        let subscribes = SubscribeRate::new(&app, opened);
         Self {
             gateway,
             app,
@@ -84,6 +89,7 @@ impl Session {
             subscriptions: HashMap::new(),
             user: None,
             client_events,
+            subscribes,
             auth_deadline,
             authorized: false,
         }
@@ -186,8 +192,9 @@ impl Session {
             Ok(ClientMessage::Pong) => {}
             Ok(ClientMessage::Subscribe(sub)) => {
                 let user = self.user.as_ref();
-                self.authorized |=
-                    subscribe::subscribe(&cx, &mut self.subscriptions, user, sub).await;
+                let subscriptions = &mut self.subscriptions;
+                let rate = &mut self.subscribes;
+                self.authorized |= subscribe::subscribe(&cx, subscriptions, rate, user, sub).await;
             }
             Ok(ClientMessage::Unsubscribe { channel }) => {
                 subscribe::unsubscribe(&cx, &mut self.subscriptions, &channel).await

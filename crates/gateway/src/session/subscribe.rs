@@ -9,6 +9,7 @@
 
 use super::context::Context;
 use super::presence::{self, Member};
+use super::subscribe_rate::SubscribeRate;
 use super::{Subscription, Subscriptions, User};
 use herald_protocol::channel::ChannelKind;
 use herald_protocol::message::{self, Subscribe};
@@ -21,6 +22,9 @@ pub(super) struct Refused {
     pub(super) kind: &'static str,
     pub(super) error: String,
     pub(super) status: u16,
+    /// The `herald_limit_rejections_total` label it counts under, unless
+    /// it is a refused signature (401).
+    limit: &'static str,
 }
 
 impl Refused {
@@ -29,6 +33,15 @@ impl Refused {
             kind,
             error: error.into(),
             status,
+            limit: "subscription",
+        }
+    }
+
+    /// A `LimitReached` refusal counted under a `limit` label of its own.
+    pub fn over_limit(limit: &'static str, error: impl Into<String>, status: u16) -> Self {
+        Self {
+            limit,
+            ..Self::new("LimitReached", error, status)
         }
     }
 
@@ -36,7 +49,7 @@ impl Refused {
         if self.status == 401 {
             cx.count_auth_failure("channel");
         } else {
-            cx.count_limit("subscription");
+            cx.count_limit(self.limit);
         }
         let error = self.error.as_str();
         tracing::debug!(socket_id = %cx.peer.socket_id(), channel, error, "subscription refused");
@@ -52,15 +65,21 @@ impl Refused {
 }
 
 /// Handles `pusher:subscribe`; returns whether it authorized the connection
-/// (a private or presence channel was joined).
+/// (a private or presence channel was joined). Over the connection's
+/// subscribe rate it is refused before anything else is looked at.
 pub(super) async fn subscribe(
     cx: &Context<'_>,
     subscriptions: &mut Subscriptions,
+    rate: &mut SubscribeRate,
     user: Option<&User>,
     sub: Subscribe,
 ) -> bool {
     let channel = sub.channel.as_str();
-    match try_subscribe(cx, subscriptions, user, &sub).await {
+    let outcome = match rate.take(std::time::Instant::now()) {
+        Ok(()) => try_subscribe(cx, subscriptions, user, &sub).await,
+        Err(refused) => Err(refused),
+    };
+    match outcome {
         Ok(authorized) => authorized,
         Err(refused) => {
             refused.report(cx, channel);
