@@ -1,4 +1,4 @@
-//! A token bucket, used for the per-connection client-event limit.
+//! A token bucket, used for the per-connection client-event and subscribe limits.
 
 use std::time::Instant;
 
@@ -13,11 +13,16 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket allowing `per_second` on average with bursts up to `per_second`.
     pub fn new(per_second: u32, now: Instant) -> Self {
-        let rate = f64::from(per_second.max(1));
+        Self::with_burst(per_second, per_second, now)
+    }
+
+    /// A full bucket of `burst` tokens refilled at `per_second`.
+    pub fn with_burst(per_second: u32, burst: u32, now: Instant) -> Self {
+        let capacity = f64::from(burst.max(1));
         Self {
-            capacity: rate,
-            per_second: rate,
-            tokens: rate,
+            capacity,
+            per_second: f64::from(per_second.max(1)),
+            tokens: capacity,
             last: now,
         }
     }

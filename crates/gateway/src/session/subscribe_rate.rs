@@ -15,17 +15,9 @@ use herald_protocol::rate::TokenBucket;
 use std::time::Instant;
 
 /// A connection's subscribe budget: `burst` tokens, refilled at `per_second`.
-///
-/// [`TokenBucket`] holds as many tokens as it refills a second. To get a
-/// larger burst than rate it is built with `burst` tokens a second and run
-/// on a clock that advances `per_second / burst` bucket seconds per real
-/// one. The burst is never below the rate, so that clock never runs ahead
-/// of the real one.
 pub(super) struct SubscribeRate {
     bucket: TokenBucket,
-    opened: Instant,
     per_second: u32,
-    bucket_seconds_per_second: f64,
 }
 
 impl SubscribeRate {
@@ -34,21 +26,17 @@ impl SubscribeRate {
         Self::with_burst(burst, app.max_subscribes_per_second, now)
     }
 
+    /// The burst is never below the rate (a rate above it raises it).
     fn with_burst(burst: u32, per_second: u32, now: Instant) -> Self {
-        let burst = burst.max(per_second).max(1);
         Self {
-            bucket: TokenBucket::new(burst, now),
-            opened: now,
+            bucket: TokenBucket::with_burst(per_second, burst.max(per_second), now),
             per_second,
-            bucket_seconds_per_second: f64::from(per_second) / f64::from(burst),
         }
     }
 
     /// Uses one token for a `pusher:subscribe`, or refuses it with 429.
     pub fn take(&mut self, now: Instant) -> Result<(), Refused> {
-        let elapsed = now.saturating_duration_since(self.opened);
-        let bucket_now = self.opened + elapsed.mul_f64(self.bucket_seconds_per_second);
-        if self.bucket.try_take(bucket_now) {
+        if self.bucket.try_take(now) {
             return Ok(());
         }
         let why = format!(
