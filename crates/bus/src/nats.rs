@@ -26,6 +26,9 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a new subscriber waits for its channel's NATS subscription to be
 /// live before it is acknowledged anyway (NATS down: it will go live on reconnect).
 const INTEREST_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often the client pings the server; a stall is noticed within about
+/// two intervals (async-nats allows two unanswered pings).
+const PING_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Connects, retrying in the background if NATS is not up yet.
 /// `on_state(true)` runs on every (re)connect, `on_state(false)` on every loss.
@@ -41,6 +44,10 @@ pub async fn connect(
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(2))
+        // A stalled server (TCP up, nothing answers) is found by unanswered
+        // pings: after two intervals the client drops the connection and the
+        // node turns unready. async-nats' default interval is 60 s.
+        .ping_interval(PING_INTERVAL)
         .reconnect_delay_callback(|attempt| {
             Duration::from_millis((attempt as u64 * 100).min(2000))
         });
@@ -145,23 +152,34 @@ impl Barrier {
         barrier
     }
 
-    /// Resolves once the server has processed everything sent before it.
-    async fn pass(&self, client: &Client) -> Result<(), BusError> {
+    /// Resolves once the server has processed everything sent before it,
+    /// or fails after `timeout` (NATS down or stalled). The token's waiter
+    /// is removed however the wait ends, also when the caller gives up.
+    async fn pass(&self, client: &Client, timeout: Duration) -> Result<(), BusError> {
         let token = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.waiting.lock().insert(token, tx);
-        let sent = client
-            .publish(self.subject.clone(), token.to_string().into())
-            .await
-            .map_err(|e| BusError::Unavailable(e.to_string()));
-        let outcome = match sent {
-            Ok(()) => rx
+        let _forget = Forget(self, token);
+        let round_trip = async {
+            client
+                .publish(self.subject.clone(), token.to_string().into())
                 .await
-                .map_err(|_| BusError::Unavailable("barrier dropped".into())),
-            Err(e) => Err(e),
+                .map_err(|e| BusError::Unavailable(e.to_string()))?;
+            rx.await
+                .map_err(|_| BusError::Unavailable("barrier dropped".into()))
         };
-        self.waiting.lock().remove(&token);
-        outcome
+        tokio::time::timeout(timeout, round_trip)
+            .await
+            .unwrap_or(Err(BusError::PublishTimeout))
+    }
+}
+
+/// Removes a barrier token's waiter when its wait ends.
+struct Forget<'a>(&'a Barrier, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.lock().remove(&self.1);
     }
 }
 
@@ -207,7 +225,10 @@ impl NatsBus {
                 }
             };
             // The server has the SUB once a barrier sent after it returns.
-            if barrier.pass(&client).await.is_ok() {
+            // Without an answer (NATS down or stalled) read on anyway: the
+            // client re-sends the SUB on reconnect and the channel must not
+            // go silent waiting for a token that was lost.
+            if barrier.pass(&client, INTEREST_TIMEOUT).await.is_ok() {
                 let _ = live_tx.send(true);
             }
             while let Some(message) = messages.next().await {
@@ -242,7 +263,7 @@ impl NatsBus {
                 .publish(subject, payload)
                 .await
                 .map_err(|e| BusError::Unavailable(e.to_string()))?;
-            self.barrier.pass(&self.client).await
+            self.barrier.pass(&self.client, PUBLISH_TIMEOUT).await
         })
         .await;
         sent.unwrap_or(Err(BusError::PublishTimeout))

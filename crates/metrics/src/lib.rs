@@ -41,7 +41,12 @@ pub struct Metrics {
     /// Times the bus connection was (re-)established.
     pub bus_connects: prometheus::IntCounter,
     admin_routes: std::sync::OnceLock<Arc<dyn AdminRoutes>>,
+    /// Further conditions of readiness, from the concerns that own them.
+    ready_checks: parking_lot::RwLock<Vec<ReadyCheck>>,
 }
+
+/// A condition `/readyz` requires (e.g. the cluster state is reachable).
+type ReadyCheck = Box<dyn Fn() -> bool + Send + Sync>;
 
 /// A response of an extra admin endpoint: status, content type, body.
 pub type AdminResponse = (StatusCode, &'static str, String);
@@ -162,6 +167,7 @@ impl Metrics {
             )
             .expect("valid metric"),
             admin_routes: std::sync::OnceLock::new(),
+            ready_checks: parking_lot::RwLock::default(),
         };
         core.add(core.auth_failures.clone());
         core.add(core.limit_rejections.clone());
@@ -199,9 +205,17 @@ impl Metrics {
         }
     }
 
-    /// Ready to take traffic: listening, not draining, bus connected.
+    /// Makes readiness also require `check` (added by the concern it is about).
+    pub fn ready_only_when(&self, check: impl Fn() -> bool + Send + Sync + 'static) {
+        self.ready_checks.write().push(Box::new(check));
+    }
+
+    /// Ready to take traffic: listening, not draining, bus connected, and
+    /// every added check passing.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && self.bus_connected.get() == 1
+        self.ready.load(Ordering::SeqCst)
+            && self.bus_connected.get() == 1
+            && self.ready_checks.read().iter().all(|check| check())
     }
 
     /// The Prometheus text exposition of every metric.

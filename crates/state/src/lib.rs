@@ -261,7 +261,10 @@ impl ChannelState {
             }
         };
         if let Some(applied) = applied {
-            if tokio::time::timeout(JOIN_WAIT, applied).await.is_err() {
+            // Not applied in time, or the write failed (NATS down, bucket
+            // gone): the re-assert writes it later; answer from this view.
+            let in_view = tokio::time::timeout(JOIN_WAIT, applied).await;
+            if !matches!(in_view, Ok(Ok(()))) {
                 tracing::debug!(
                     app,
                     channel,

@@ -154,6 +154,7 @@ impl KvStore {
             writer: Writer::default(),
         });
         inner.heartbeat().await?;
+        inner.settings.metrics.healthy.set(1);
         watch::spawn_watcher(inner.clone(), false, state_tx);
         watch::spawn_watcher(inner.clone(), true, cache_tx);
         // Serve nothing before the existing entries are in the view.

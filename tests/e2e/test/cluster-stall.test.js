@@ -1,0 +1,133 @@
+'use strict';
+// Stalls and partitions an operator must see (issue 17): NATS that keeps its TCP connections up but answers
+// nothing, and one gateway whose path to NATS is black-holed.
+// - readiness turns 503 within 5 s on the nodes cut off, and no trigger made 2 s into the fault is answered 200;
+// - after the heal, an old subscriber receives a trigger within 3 s;
+// - the other gateways remove a cut-off gateway's presence members within 5 s, once, and after the heal
+//   presence is the truth again within 5 s, with at most one removed/added pair per member.
+const net = require('node:net');
+const h = require('./harness');
+const ch = require('./cluster-harness');
+const { assert } = h;
+const { test } = ch;
+
+/** A TCP proxy to `port` that can black-hole: stop forwarding in both directions without closing anything. */
+async function startProxy(port) {
+  let blackholed = false;
+  const open = new Set();
+  const server = net.createServer((client) => {
+    const upstream = net.connect({ host: '127.0.0.1', port });
+    for (const s of [client, upstream]) {
+      open.add(s);
+      s.on('error', () => {});
+      s.on('close', () => {
+        open.delete(s);
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.on('data', (d) => blackholed || upstream.write(d));
+    upstream.on('data', (d) => blackholed || client.write(d));
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const proxy = {
+    url: `nats://127.0.0.1:${server.address().port}`,
+    blackhole(on) {
+      blackholed = on;
+    },
+    close() {
+      for (const s of open) s.destroy();
+      return new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+  h.track(() => proxy.close());
+  return proxy;
+}
+
+/** Milliseconds until `node`'s /readyz answers `status` (bounded). */
+async function msUntilReadyz(node, status, timeoutMs) {
+  const started = Date.now();
+  await node.waitReadyz(status, timeoutMs);
+  return Date.now() - started;
+}
+
+/** Triggers through the SDK; resolves with the HTTP status (a request error counts as 0). */
+async function triggerStatus(sdk, channel) {
+  try {
+    return (await sdk.trigger(channel, 'probe', { at: Date.now() })).status;
+  } catch (e) {
+    return e.status || 0;
+  }
+}
+
+test('NATS stalled (SIGSTOP): nodes turn unready within 5 s, triggers are refused, delivery resumes within 3 s', { timeout: 90000 }, async () => {
+  const cluster = await ch.startCluster({ gateways: 1 });
+  const [gw] = cluster.gateways;
+  const sdk = cluster.sdk();
+  const subscriber = await h.rawConnected(gw);
+  await subscriber.subscribeOk('orders');
+  const nats = cluster.natsServers[0];
+  process.kill(nats.pid, 'SIGSTOP');
+  const stalledAt = Date.now();
+  let resumed = false;
+  h.track(() => resumed || process.kill(nats.pid, 'SIGCONT'));
+  try {
+    const [gwMs, ingestMs] = await Promise.all([msUntilReadyz(gw, 503, 10000), msUntilReadyz(cluster.ingest, 503, 10000)]);
+    assert.ok(gwMs <= 5000 && ingestMs <= 5000, `unready after ${gwMs} ms (gateway) and ${ingestMs} ms (ingest)`);
+    const late = Math.max(0, 2000 - (Date.now() - stalledAt));
+    await new Promise((r) => setTimeout(r, late)); // triggers from 2 s into the fault on
+    const statuses = [];
+    while (Date.now() - stalledAt < 20000) statuses.push(await triggerStatus(sdk, 'orders'));
+    assert.ok(statuses.length > 0 && statuses.every((s) => s !== 200), `statuses during the stall: ${statuses}`);
+  } finally {
+    process.kill(nats.pid, 'SIGCONT');
+    resumed = true;
+  }
+  const healedAt = Date.now();
+  const got = subscriber.next((m) => m.event === 'after-stall', 10000, 'a trigger after the stall');
+  await ch.triggerWhenAccepted(sdk, 'orders', 'after-stall', { ok: true }, undefined, 10000);
+  await got;
+  assert.ok(Date.now() - healedAt <= 3000, `first delivery ${Date.now() - healedAt} ms after NATS resumed`);
+  await cluster.waitAllReadyz(200, 10000);
+});
+
+test('a gateway black-holed from NATS: unready, its members removed elsewhere once within 5 s, restored once after the heal', { timeout: 90000 }, async () => {
+  const nats = await ch.startNats();
+  h.track(() => nats.stop(5000));
+  const proxy = await startProxy(nats.port);
+  const cluster = await ch.startCluster({ gateways: 2, nats, gatewayNats: [[proxy.url], undefined] });
+  const [cut, healthy] = cluster.gateways;
+  const channel = 'presence-partition';
+  const join = async (node, user) => {
+    const c = await h.rawConnected(node);
+    await h.rawJoinPresence(c, h.APP, channel, user);
+    return c;
+  };
+  await join(cut, 'on-cut');
+  const observer = await join(healthy, 'observer');
+  const sdk = cluster.sdk();
+  const users = async () => (await h.sdkGetJson(sdk, `/channels/${channel}/users`)).users.map((u) => u.id).sort();
+  await h.waitFor(async () => (await users()).length === 2, 5000, 'both members at the ingest');
+
+  proxy.blackhole(true);
+  const cutAt = Date.now();
+  const removed = observer.next((m) => m.event === 'pusher_internal:member_removed' && m.data.user_id === 'on-cut', 10000, 'member_removed for on-cut');
+  const unreadyMs = await msUntilReadyz(cut, 503, 10000);
+  assert.ok(unreadyMs <= 5000, `the cut-off gateway turned unready after ${unreadyMs} ms`);
+  await removed;
+  assert.ok(Date.now() - cutAt <= 5000, `member removed ${Date.now() - cutAt} ms after the cut`);
+  await h.waitFor(async () => JSON.stringify(await users()) === '["observer"]', 5000, 'the ingest drops the cut-off member');
+
+  proxy.blackhole(false);
+  const healedAt = Date.now();
+  await observer.next((m) => m.event === 'pusher_internal:member_added' && m.data.user_id === 'on-cut', 15000, 'member_added after the heal');
+  assert.ok(Date.now() - healedAt <= 5000, `member back ${Date.now() - healedAt} ms after the heal`);
+  await h.waitFor(async () => (await users()).length === 2, 5000, 'the ingest lists both members again');
+  await cut.waitReadyz(200, 10000);
+  const flips = observer.messages.filter((m) => m.data && m.data.user_id === 'on-cut' && /member_(added|removed)/.test(m.event));
+  assert.deepEqual(
+    flips.map((m) => m.event),
+    ['pusher_internal:member_removed', 'pusher_internal:member_added'],
+    'one removed/added pair for the cut-off member',
+  );
+});
