@@ -131,3 +131,31 @@ test('a gateway black-holed from NATS: unready, its members removed elsewhere on
     'one removed/added pair for the cut-off member',
   );
 });
+
+test('NATS killed while 1,000 first subscribes are in flight: every channel delivers within 3 s once it is back', { timeout: 120000 }, async () => {
+  const cluster = await ch.startCluster({ gateways: 1 });
+  const [gw] = cluster.gateways;
+  const nats = cluster.natsServers[0];
+  const clients = await Promise.all(Array.from({ length: 100 }, () => h.rawConnected(gw)));
+  const channels = clients.map((_, c) => Array.from({ length: 10 }, (_, i) => `fresh-${c}-${i}`));
+  const answers = clients.map((client, c) => Promise.all(channels[c].map((channel) => client.subscribe(channel, { timeoutMs: 60000 }))));
+  // Kill NATS once the first answers are in: the rest are in flight (SUB sent, barrier not back).
+  await h.waitFor(() => clients.some((c) => c.messages.some((m) => m.event === 'pusher_internal:subscription_succeeded')), 10000, 'first answers');
+  await nats.kill9();
+  nats.spawn();
+  await nats.waitReady();
+  for (const m of (await Promise.all(answers)).flat()) assert.equal(m.event, 'pusher_internal:subscription_succeeded', m.raw);
+  await cluster.waitAllReadyz(200, 15000);
+
+  const sdk = cluster.sdk();
+  const all = channels.flat();
+  const received = clients.map((client, c) => Promise.all(channels[c].map((channel) => client.next({ event: 'after-restart', channel }, 20000, `event on ${channel}`))));
+  const triggeredAt = Date.now();
+  for (let i = 0; i < all.length; i += 100) {
+    const { res } = await ch.triggerWhenAccepted(sdk, all.slice(i, i + 100), 'after-restart', { i }, undefined, 15000);
+    assert.equal(res.status, 200);
+  }
+  await Promise.all(received);
+  const ms = Date.now() - triggeredAt;
+  assert.ok(ms <= 3000, `all 1,000 channels delivered ${ms} ms after the first trigger`);
+});
