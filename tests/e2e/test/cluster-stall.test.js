@@ -73,6 +73,7 @@ test('NATS stalled (SIGSTOP): nodes turn unready within 5 s, triggers are refuse
   h.track(() => resumed || process.kill(nats.pid, 'SIGCONT'));
   try {
     const [gwMs, ingestMs] = await Promise.all([msUntilReadyz(gw, 503, 10000), msUntilReadyz(cluster.ingest, 503, 10000)]);
+    console.log(`[timing] NATS SIGSTOP -> /readyz 503: gateway ${gwMs} ms, ingest ${ingestMs} ms`);
     assert.ok(gwMs <= 5000 && ingestMs <= 5000, `unready after ${gwMs} ms (gateway) and ${ingestMs} ms (ingest)`);
     const late = Math.max(0, 2000 - (Date.now() - stalledAt));
     await new Promise((r) => setTimeout(r, late)); // triggers from 2 s into the fault on
@@ -87,6 +88,7 @@ test('NATS stalled (SIGSTOP): nodes turn unready within 5 s, triggers are refuse
   const got = subscriber.next((m) => m.event === 'after-stall', 10000, 'a trigger after the stall');
   await ch.triggerWhenAccepted(sdk, 'orders', 'after-stall', { ok: true }, undefined, 10000);
   await got;
+  console.log(`[timing] NATS SIGCONT -> first delivery to an old subscriber: ${Date.now() - healedAt} ms`);
   assert.ok(Date.now() - healedAt <= 3000, `first delivery ${Date.now() - healedAt} ms after NATS resumed`);
   await cluster.waitAllReadyz(200, 10000);
 });
@@ -115,12 +117,14 @@ test('a gateway black-holed from NATS: unready, its members removed elsewhere on
   const unreadyMs = await msUntilReadyz(cut, 503, 10000);
   assert.ok(unreadyMs <= 5000, `the cut-off gateway turned unready after ${unreadyMs} ms`);
   await removed;
+  console.log(`[timing] black-hole -> gateway /readyz 503: ${unreadyMs} ms; -> member_removed on the other gateway: ${Date.now() - cutAt} ms`);
   assert.ok(Date.now() - cutAt <= 5000, `member removed ${Date.now() - cutAt} ms after the cut`);
   await h.waitFor(async () => JSON.stringify(await users()) === '["observer"]', 5000, 'the ingest drops the cut-off member');
 
   proxy.blackhole(false);
   const healedAt = Date.now();
   await observer.next((m) => m.event === 'pusher_internal:member_added' && m.data.user_id === 'on-cut', 15000, 'member_added after the heal');
+  console.log(`[timing] heal -> member_added on the other gateway: ${Date.now() - healedAt} ms`);
   assert.ok(Date.now() - healedAt <= 5000, `member back ${Date.now() - healedAt} ms after the heal`);
   await h.waitFor(async () => (await users()).length === 2, 5000, 'the ingest lists both members again');
   await cut.waitReadyz(200, 10000);
@@ -157,5 +161,6 @@ test('NATS killed while 1,000 first subscribes are in flight: every channel deli
   }
   await Promise.all(received);
   const ms = Date.now() - triggeredAt;
+  console.log(`[timing] NATS back -> all 1,000 channels delivered: ${ms} ms after the first trigger`);
   assert.ok(ms <= 3000, `all 1,000 channels delivered ${ms} ms after the first trigger`);
 });
