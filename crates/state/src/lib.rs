@@ -89,9 +89,15 @@ impl Replica {
         }
     }
 
+    /// Applies a change and tells the listeners its transition **while the
+    /// view is still write-locked**: a reader that takes a snapshot and
+    /// sends it under the read lock ([`ChannelState::with_presence_data`])
+    /// then sees every transition either in its snapshot or after it, never
+    /// a transition before a snapshot that lacks it. Listeners must not read
+    /// the state.
     pub(crate) fn apply(&self, change: Change, origin: Option<Origin>) {
-        let transition = self.view.write().apply(change);
-        if let Some(t) = transition {
+        let mut view = self.view.write();
+        if let Some(t) = view.apply(change) {
             for listener in self.listeners.read().iter() {
                 listener.on_transition(&t, origin.as_ref());
             }
@@ -359,6 +365,19 @@ impl ChannelState {
 
     pub fn presence_data(&self, app: &str, channel: &str) -> serde_json::Value {
         self.view().presence_data(app, channel)
+    }
+
+    /// Runs `send` with the channel's member list while no transition can be
+    /// told: whatever `send` queues lands after every `member_added` and
+    /// `member_removed` the list reflects, and before any it does not.
+    pub fn with_presence_data<R>(
+        &self,
+        app: &str,
+        channel: &str,
+        send: impl FnOnce(serde_json::Value) -> R,
+    ) -> R {
+        let view = self.view();
+        send(view.presence_data(app, channel))
     }
 
     pub fn users(&self, app: &str, channel: &str) -> Vec<String> {

@@ -8,6 +8,7 @@
 use super::context::Context;
 use super::subscribe::Refused;
 use super::{user_id_of, User, MAX_USER_ID_LEN};
+use herald_protocol::message;
 use herald_state::JoinError;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -85,11 +86,15 @@ fn member(channel_data: Option<&str>, user: Option<&User>) -> Result<Member, Ref
     }
 }
 
-/// The channel's presence data for `member`'s acknowledgement.
-pub(super) fn data_with(cx: &Context<'_>, channel: &str, member: &Member) -> serde_json::Value {
-    let mut presence = cx.state.presence_data(&cx.app.id, channel);
-    include_member(&mut presence, &member.user_id, &member.info);
-    presence
+/// `subscription_succeeded` with the channel's member list (and `member`),
+/// queued atomically with respect to member transitions: pusher-js replaces
+/// its list with this snapshot, so a `member_added` queued before it must be
+/// in it.
+pub(super) fn send_snapshot(cx: &Context<'_>, channel: &str, member: &Member) {
+    cx.state.with_presence_data(&cx.app.id, channel, |mut presence| {
+        include_member(&mut presence, &member.user_id, &member.info);
+        cx.send_text(&message::subscription_succeeded(channel, Some(presence)));
+    });
 }
 
 /// Makes sure the joiner is in its own member list, even if its write has

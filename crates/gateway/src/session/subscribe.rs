@@ -101,11 +101,13 @@ async fn try_subscribe(
         return acknowledge_own_user_channel(cx, user, &name).map(|()| false);
     }
     if let Some(existing) = subscriptions.get(channel) {
-        let presence = existing
-            .name
-            .is_presence()
-            .then(|| cx.state.presence_data(&cx.app.id, channel));
-        cx.send_text(&message::subscription_succeeded(channel, presence));
+        if existing.name.is_presence() {
+            cx.state.with_presence_data(&cx.app.id, channel, |presence| {
+                cx.send_text(&message::subscription_succeeded(channel, Some(presence)));
+            });
+        } else {
+            cx.send_text(&message::subscription_succeeded(channel, None));
+        }
         return Ok(false);
     }
     let max = cx.app.max_subscriptions_per_connection;
@@ -183,8 +185,12 @@ async fn declare_interest(cx: &Context<'_>, channel: &str) {
 /// presence channel), then the count the others heard before this socket joined.
 fn acknowledge(cx: &Context<'_>, name: &ChannelName, member: Option<&Member>) {
     let channel = name.as_str();
-    let presence = member.map(|member| presence::data_with(cx, channel, member));
-    cx.send_text(&message::subscription_succeeded(channel, presence));
+    match member {
+        // The snapshot is taken and queued with no transition in between
+        // (this socket is already in the fan-out and hears the rest).
+        Some(member) => presence::send_snapshot(cx, channel, member),
+        None => cx.send_text(&message::subscription_succeeded(channel, None)),
+    }
     if cx.app.subscription_count && !name.is_presence() {
         let count = cx.state.subscription_count(&cx.app.id, channel);
         let data = message::subscription_count_data(count);
