@@ -405,12 +405,6 @@ impl RawFrames {
         Ok(())
     }
 
-    /// Reads and drops frames until the server closes the connection (or
-    /// the socket fails).
-    pub async fn until_closed(&mut self) {
-        while let Ok(true) = self.read_texts(|_| {}).await {}
-    }
-
     /// Reads the handshake response up to its blank line; it must be a 101.
     async fn read_head(&mut self) -> anyhow::Result<()> {
         use tokio::io::AsyncReadExt;

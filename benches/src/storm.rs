@@ -288,6 +288,8 @@ struct ClientContext {
     auth: AuthClient,
     initial: Semaphore,
     reconnect_delay: Duration,
+    /// Each client's presence member list as pusher-js would keep it.
+    members: Vec<Mutex<BTreeSet<String>>>,
 }
 
 /// What a client task reports; `attempt` 0 is its first connection.
@@ -311,12 +313,13 @@ enum ClientEvent {
 
 /// Connects, subscribes the public channel, authorizes the private and
 /// presence channels (both requests at once, as pusher-js does) and
-/// subscribes them; returns once all three succeeded.
+/// subscribes them; returns once all three succeeded, with the presence
+/// channel's member ids from its `subscription_succeeded`.
 async fn join(
     ctx: &ClientContext,
     client: usize,
     server: SocketAddr,
-) -> anyhow::Result<(RawFrames, String)> {
+) -> anyhow::Result<(RawFrames, String, BTreeSet<String>)> {
     let (mut frames, socket_id) = connect_raw(server, &ctx.key, client).await?;
     let [public, private, presence] = channels_of(client, ctx.members_per_channel);
     frames.send_subscribe(&public, None).await?;
@@ -328,18 +331,67 @@ async fn join(
     frames
         .send_subscribe(&presence, Some(&presence_auth))
         .await?;
+    let mut members = None;
     for channel in [public, private, presence] {
-        frames
+        let frame = frames
             .wait_for(SUBSCRIBED)
             .await
             .with_context(|| format!("subscriptions on {server} ({channel} among them)"))?;
+        members = members.or(presence_snapshot(&frame)?);
     }
-    Ok((frames, socket_id))
+    let members = members.ok_or_else(|| anyhow!("no presence snapshot"))?;
+    Ok((frames, socket_id, members))
+}
+
+/// The member ids in a presence channel's `subscription_succeeded`; None
+/// for other channels.
+fn presence_snapshot(frame: &[u8]) -> anyhow::Result<Option<BTreeSet<String>>> {
+    let v: serde_json::Value = serde_json::from_slice(frame)?;
+    if !v["channel"]
+        .as_str()
+        .is_some_and(|c| c.starts_with("presence-"))
+    {
+        return Ok(None);
+    }
+    let data: serde_json::Value = serde_json::from_str(v["data"].as_str().unwrap_or("{}"))?;
+    let ids = data["presence"]["ids"]
+        .as_array()
+        .ok_or_else(|| anyhow!("no presence ids in {v}"))?;
+    Ok(Some(
+        ids.iter()
+            .filter_map(|id| id.as_str().map(String::from))
+            .collect(),
+    ))
+}
+
+/// Applies a `pusher_internal:member_added` / `member_removed` frame to a
+/// member list, as pusher-js does (a client has one presence channel).
+fn apply_member_event(frame: &[u8], members: &mut BTreeSet<String>) {
+    let has = |what: &[u8]| frame.windows(what.len()).any(|w| w == what);
+    let (added, removed) = (
+        has(b"pusher_internal:member_added"),
+        has(b"pusher_internal:member_removed"),
+    );
+    if !added && !removed {
+        return;
+    }
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(frame) else {
+        return;
+    };
+    let data: serde_json::Value =
+        serde_json::from_str(v["data"].as_str().unwrap_or("{}")).unwrap_or_default();
+    if let Some(user) = data["user_id"].as_str() {
+        if added {
+            members.insert(user.to_owned());
+        } else {
+            members.remove(user);
+        }
+    }
 }
 
 /// One client, for as long as the run lasts (the run aborts it): join,
-/// read until the server closes, wait the reconnect delay, join the next
-/// address; a failed attempt waits the delay too.
+/// keep its member list until the server closes, wait the reconnect
+/// delay, join the next address; a failed attempt waits the delay too.
 async fn client_loop(
     ctx: Arc<ClientContext>,
     client: usize,
@@ -354,14 +406,18 @@ async fn client_loop(
         let joined = join(&ctx, client, ctx.ws[server]).await;
         drop(permit);
         let event = match joined {
-            Ok((mut frames, socket_id)) => {
+            Ok((mut frames, socket_id, snapshot)) => {
+                *ctx.members[client].lock().expect("members") = snapshot;
                 let _ = events.send(ClientEvent::Subscribed {
                     client,
                     attempt,
                     socket_id,
                     at: Instant::now(),
                 });
-                frames.until_closed().await;
+                let on_text = |text: &[u8]| {
+                    apply_member_event(text, &mut ctx.members[client].lock().expect("members"))
+                };
+                while let Ok(true) = frames.read_texts(on_text).await {}
                 ClientEvent::Closed {
                     client,
                     at: Instant::now(),
@@ -426,10 +482,14 @@ impl StormReport {
         if !self.auth.exact() {
             out.push("auth requests per channel per connection were not exactly 1".into());
         }
-        if self.convergence.exact_ms.is_none() {
-            out.push("presence members / subscription counts did not converge".into());
+        let c = &self.convergence;
+        if c.exact_ms.is_none() {
+            out.push(format!(
+                "cluster state not exact within the deadline ({} clients that reconnected and {} that stayed have a wrong member list)",
+                c.wrong_lists_reconnected, c.wrong_lists_stayed
+            ));
         }
-        if self.convergence.users_regressed {
+        if c.users_regressed {
             out.push("a presence member list was exact, then not".into());
         }
         out
@@ -460,10 +520,17 @@ impl StormReport {
         );
         let c = &self.convergence;
         println!(
-            "cluster state after the kill: presence member lists exact at {}, subscription counts exact at {}, both at {}{}",
-            ms(c.users_exact_ms), ms(c.counts_exact_ms), ms(c.exact_ms),
-            if c.users_regressed { " (a member list regressed after being exact)" } else { "" }
+            "cluster state after the kill: HTTP API member lists exact at {}, subscription counts exact at {}, \
+             every client's own member list exact at {}, all at {}{}",
+            ms(c.users_exact_ms), ms(c.counts_exact_ms), ms(c.clients_exact_ms), ms(c.exact_ms),
+            if c.users_regressed { " (an API member list regressed after being exact)" } else { "" }
         );
+        if c.exact_ms.is_none() {
+            println!(
+                "wrong client member lists at the end: {} of clients that reconnected, {} of clients that stayed",
+                c.wrong_lists_reconnected, c.wrong_lists_stayed
+            );
+        }
         crate::report_load(&self.generator);
         println!(
             "{}",
@@ -477,7 +544,9 @@ impl StormReport {
                           "reconnects": a.reconnects, "per_reconnect_min": a.per_reconnect_min,
                           "per_connection_max": a.per_connection_max, "from_stayed_after_kill": a.from_stayed_after_kill,
                           "exact": a.exact() },
-                "convergence_ms": { "users": c.users_exact_ms, "counts": c.counts_exact_ms, "both": c.exact_ms },
+                "convergence_ms": { "users": c.users_exact_ms, "counts": c.counts_exact_ms,
+                                    "client_lists": c.clients_exact_ms, "all": c.exact_ms },
+                "wrong_client_lists": { "reconnected": c.wrong_lists_reconnected, "stayed": c.wrong_lists_stayed },
                 "users_regressed": c.users_regressed,
                 "generator_cores": self.generator.cores_used, "generator_saturated": self.generator.saturated,
             })
@@ -504,13 +573,14 @@ pub async fn run(cfg: StormConfig) -> anyhow::Result<StormReport> {
         auth: AuthClient::new(endpoint.addr),
         initial: Semaphore::new(cfg.concurrency.max(1)),
         reconnect_delay: cfg.reconnect_delay,
+        members: (0..cfg.clients).map(|_| Mutex::default()).collect(),
     });
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let connect_start = Instant::now();
     let tasks: Vec<_> = (0..cfg.clients)
         .map(|i| tokio::spawn(client_loop(ctx.clone(), i, events_tx.clone())))
         .collect();
-    let result = storm(&cfg, &mut events, connect_start, &endpoint).await;
+    let result = storm(&cfg, &mut events, connect_start, &endpoint, &ctx.members).await;
     tasks.iter().for_each(JoinHandle::abort);
     result
 }
@@ -520,6 +590,7 @@ async fn storm(
     events: &mut mpsc::UnboundedReceiver<ClientEvent>,
     connect_start: Instant,
     endpoint: &AuthEndpoint,
+    members: &[Mutex<BTreeSet<String>>],
 ) -> anyhow::Result<StormReport> {
     wait_all_subscribed(events, cfg.clients).await?;
     let connect_secs = connect_start.elapsed().as_secs_f64();
@@ -534,7 +605,8 @@ async fn storm(
     let generator = generator_load(cpu_time() - cpu_start, kill_at.elapsed(), cfg.threads);
     let convergence = converge(
         &cfg.api,
-        cfg.clients,
+        members,
+        &outcome.sockets,
         cfg.members_per_channel,
         kill_at,
         cfg.deadline,
@@ -718,71 +790,126 @@ impl AuthAudit {
     }
 }
 
-/// When (ms after the kill) the HTTP API first showed exact state.
+/// When (ms after the kill) the cluster state was first exact.
 pub struct Convergence {
-    /// Every presence channel's member list is exactly its group's users.
+    /// Every presence channel's member list at the HTTP API is exactly its
+    /// group's users.
     pub users_exact_ms: Option<f64>,
     /// Every channel's `subscription_count` is its group's size (the dead
     /// node's counts are gone).
     pub counts_exact_ms: Option<f64>,
-    /// Both at once (the wait ends there).
+    /// Every client's own member list (snapshot plus member events, as
+    /// pusher-js keeps it) is exactly its group's users.
+    pub clients_exact_ms: Option<f64>,
+    /// All three at once (the wait ends there).
     pub exact_ms: Option<f64>,
-    /// A member list was exact and later was not.
+    /// A member list at the HTTP API was exact and later was not.
     pub users_regressed: bool,
+    /// Clients whose own member list was wrong when the wait ended, among
+    /// those that reconnected and those that stayed.
+    pub wrong_lists_reconnected: usize,
+    pub wrong_lists_stayed: usize,
 }
 
-/// Polls the HTTP API until member lists and subscription counts are both
-/// exact, or `deadline` after the kill.
+/// The expected members: client `i` is user `u{i}` in group `i / size`.
+struct Groups {
+    clients: usize,
+    members_per_channel: usize,
+}
+
+impl Groups {
+    fn count(&self) -> usize {
+        self.clients.div_ceil(self.members_per_channel)
+    }
+
+    fn users(&self, group: usize) -> BTreeSet<String> {
+        let first = group * self.members_per_channel;
+        (first..self.clients.min(first + self.members_per_channel))
+            .map(user_id)
+            .collect()
+    }
+
+    /// Whether the HTTP API lists exactly the expected users everywhere.
+    async fn api_users_exact(&self, api: &Api) -> anyhow::Result<bool> {
+        let lists = futures::future::try_join_all(
+            (0..self.count())
+                .map(|g| async move { api.users(&format!("presence-storm-{g}")).await }),
+        )
+        .await?;
+        Ok(lists
+            .into_iter()
+            .enumerate()
+            .all(|(g, got)| got.into_iter().collect::<BTreeSet<_>>() == self.users(g)))
+    }
+
+    /// Whether every storm channel's `subscription_count` is its group's size.
+    async fn api_counts_exact(&self, api: &Api) -> anyhow::Result<bool> {
+        let counts = subscription_counts(api).await?;
+        Ok(counts.len() == 3 * self.count()
+            && (0..self.count()).all(|g| {
+                let size = self.users(g).len() as u64;
+                channels_of(g * self.members_per_channel, self.members_per_channel)
+                    .iter()
+                    .all(|ch| counts.get(ch) == Some(&size))
+            }))
+    }
+
+    /// The clients whose own member list is not their group's users.
+    fn wrong_client_lists<'a>(
+        &'a self,
+        members: &'a [Mutex<BTreeSet<String>>],
+    ) -> impl Iterator<Item = usize> + 'a {
+        let expected: Vec<BTreeSet<String>> = (0..self.count()).map(|g| self.users(g)).collect();
+        members.iter().enumerate().filter_map(move |(i, list)| {
+            (*list.lock().expect("members") != expected[i / self.members_per_channel]).then_some(i)
+        })
+    }
+}
+
+/// Polls the HTTP API and the clients' member lists until all are exact,
+/// or `deadline` after the kill.
 async fn converge(
     api: &Api,
-    clients: usize,
+    members: &[Mutex<BTreeSet<String>>],
+    reconnected: &HashMap<usize, String>,
     members_per_channel: usize,
     kill_at: Instant,
     deadline: Duration,
 ) -> anyhow::Result<Convergence> {
-    let groups = clients.div_ceil(members_per_channel);
-    let group_size = |g: usize| members_per_channel.min(clients - g * members_per_channel);
+    let groups = Groups {
+        clients: members.len(),
+        members_per_channel,
+    };
     let mut c = Convergence {
         users_exact_ms: None,
         counts_exact_ms: None,
+        clients_exact_ms: None,
         exact_ms: None,
         users_regressed: false,
+        wrong_lists_reconnected: 0,
+        wrong_lists_stayed: 0,
     };
     loop {
-        let users_ok = futures::future::try_join_all((0..groups).map(|g| async move {
-            let got: BTreeSet<String> = api
-                .users(&format!("presence-storm-{g}"))
-                .await?
-                .into_iter()
-                .collect();
-            let want: BTreeSet<String> = (g * members_per_channel
-                ..g * members_per_channel + group_size(g))
-                .map(user_id)
-                .collect();
-            anyhow::Ok(got == want)
-        }))
-        .await?
-        .into_iter()
-        .all(|ok| ok);
-        let counts = subscription_counts(api).await?;
-        let counts_ok = (0..groups).all(|g| {
-            channels_of(g * members_per_channel, members_per_channel)
-                .iter()
-                .all(|ch| counts.get(ch) == Some(&(group_size(g) as u64)))
-        }) && counts.len() == 3 * groups;
+        let users_ok = groups.api_users_exact(api).await?;
+        let counts_ok = groups.api_counts_exact(api).await?;
+        let wrong: Vec<usize> = groups.wrong_client_lists(members).collect();
         let at = Some(ms_since(kill_at, Instant::now()));
         c.users_regressed |= c.users_exact_ms.is_some() && !users_ok;
-        if users_ok && c.users_exact_ms.is_none() {
-            c.users_exact_ms = at;
+        for (ok, first) in [
+            (users_ok, &mut c.users_exact_ms),
+            (counts_ok, &mut c.counts_exact_ms),
+            (wrong.is_empty(), &mut c.clients_exact_ms),
+        ] {
+            if ok && first.is_none() {
+                *first = at;
+            }
         }
-        if counts_ok && c.counts_exact_ms.is_none() {
-            c.counts_exact_ms = at;
-        }
-        if users_ok && counts_ok {
-            c.exact_ms = at;
-            return Ok(c);
-        }
-        if kill_at.elapsed() > deadline {
+        let all_ok = users_ok && counts_ok && wrong.is_empty();
+        if all_ok || kill_at.elapsed() > deadline {
+            c.exact_ms = at.filter(|_| all_ok);
+            c.wrong_lists_reconnected =
+                wrong.iter().filter(|i| reconnected.contains_key(i)).count();
+            c.wrong_lists_stayed = wrong.len() - c.wrong_lists_reconnected;
             return Ok(c);
         }
         tokio::time::sleep(POLL).await;
@@ -832,6 +959,22 @@ mod tests {
         );
         assert_eq!(form_value("a=x+y", "a").as_deref(), Some("x y"));
         assert_eq!(form_value(&body, "missing"), None);
+    }
+
+    #[test]
+    fn member_lists_follow_snapshot_and_events() {
+        let snapshot = br#"{"event":"pusher_internal:subscription_succeeded","channel":"presence-storm-0","data":"{\"presence\":{\"ids\":[\"u1\",\"u2\"],\"hash\":{},\"count\":2}}"}"#;
+        let mut members = presence_snapshot(snapshot).unwrap().unwrap();
+        assert_eq!(members, BTreeSet::from(["u1".to_owned(), "u2".to_owned()]));
+        let public = br#"{"event":"pusher_internal:subscription_succeeded","channel":"storm-0","data":"{}"}"#;
+        assert_eq!(presence_snapshot(public).unwrap(), None);
+        apply_member_event(br#"{"event":"pusher_internal:member_added","channel":"presence-storm-0","data":"{\"user_id\":\"u3\",\"user_info\":{}}"}"#, &mut members);
+        apply_member_event(br#"{"event":"pusher_internal:member_removed","channel":"presence-storm-0","data":"{\"user_id\":\"u1\"}"}"#, &mut members);
+        apply_member_event(
+            br#"{"event":"other","data":"{\"user_id\":\"u9\"}"}"#,
+            &mut members,
+        );
+        assert_eq!(members, BTreeSet::from(["u2".to_owned(), "u3".to_owned()]));
     }
 
     #[test]

@@ -175,7 +175,7 @@ fn main() -> anyhow::Result<()> {
                 reconnect_delay_ms,
                 deadline,
             } => {
-                if clients as u64 * 2 + 1024 > fd_limit {
+                if clients as u64 + 1024 > fd_limit {
                     bail!("{clients} clients need more open files than this process may have ({fd_limit})");
                 }
                 let report = storm::run(storm::StormConfig {
