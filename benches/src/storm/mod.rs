@@ -11,27 +11,25 @@
 //! parts the server does not: the clients (raw sockets, retrying the way
 //! pusher-js does after an abnormal close: a fixed 1 s, then the next
 //! address) and a Laravel-like `/broadcasting/auth` endpoint, a real HTTP
-//! server on loopback that counts every request.
+//! server on loopback that counts every request (`auth`); `convergence`
+//! checks the cluster state afterwards.
+
+mod auth;
+mod convergence;
 
 use crate::{
-    connect_raw, cpu_time, generator_load, http_client, percentile, Api, ChannelAuth,
-    GeneratorLoad, HttpClient, RawFrames, SUBSCRIBED,
+    connect_raw, cpu_time, generator_load, percentile, Api, GeneratorLoad, RawFrames, SUBSCRIBED,
 };
 use anyhow::{anyhow, bail, Context};
-use bytes::Bytes;
-use herald_protocol::auth;
-use http_body_util::{BodyExt, Full};
+use auth::{AuthClient, AuthEndpoint, AuthRequest, Signer};
+use convergence::converge;
+pub use convergence::Convergence;
 use std::collections::{BTreeSet, HashMap};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
-
-/// HTTP requests the clients have in flight to the auth endpoint at most
-/// (an application server's worker pool; also one pooled connection each).
-const AUTH_IN_FLIGHT: usize = 256;
 
 /// How often the HTTP API is asked whether the cluster state converged.
 const POLL: Duration = Duration::from_millis(50);
@@ -71,210 +69,6 @@ fn channels_of(client: usize, members_per_channel: usize) -> [String; 3] {
 
 fn user_id(client: usize) -> String {
     format!("u{client}")
-}
-
-// ---------------------------------------------------------------------------
-// The auth endpoint
-
-/// One request the auth endpoint received.
-struct AuthRequest {
-    client: usize,
-    socket_id: String,
-    channel: String,
-    at: Instant,
-}
-
-/// A Laravel-like `POST /broadcasting/auth`: form `socket_id` and
-/// `channel_name`, the user from the `x-user` header (the session), a
-/// `{auth, channel_data}` answer signed with the app secret for the user's
-/// own private and presence channels, 403 for anything else.
-struct AuthEndpoint {
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<AuthRequest>>>,
-    server: JoinHandle<()>,
-}
-
-/// What the endpoint needs to sign.
-struct Signer {
-    key: String,
-    secret: String,
-    members_per_channel: usize,
-}
-
-impl AuthEndpoint {
-    async fn start(signer: Signer) -> anyhow::Result<Self> {
-        use hyper::service::service_fn;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (signer, requests) = (Arc::new(signer), log.clone());
-        let server = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let (signer, requests) = (signer.clone(), requests.clone());
-                let service = service_fn(move |req| {
-                    let (signer, requests) = (signer.clone(), requests.clone());
-                    async move { Ok::<_, Infallible>(answer(req, &signer, &requests).await) }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                tokio::spawn(
-                    hyper::server::conn::http1::Builder::new().serve_connection(io, service),
-                );
-            }
-        });
-        Ok(Self { addr, log, server })
-    }
-}
-
-impl Drop for AuthEndpoint {
-    fn drop(&mut self) {
-        self.server.abort();
-    }
-}
-
-type Response = hyper::Response<Full<Bytes>>;
-
-async fn answer(
-    req: hyper::Request<hyper::body::Incoming>,
-    signer: &Signer,
-    log: &Mutex<Vec<AuthRequest>>,
-) -> Response {
-    let reply = |status: u16, body: serde_json::Value| {
-        hyper::Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))
-            .expect("a valid response")
-    };
-    let client = req
-        .headers()
-        .get("x-user")
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    let Ok(body) = req.into_body().collect().await else {
-        return reply(400, serde_json::json!({ "message": "unreadable body" }));
-    };
-    let form = String::from_utf8_lossy(&body.to_bytes()).into_owned();
-    let (Some(client), Some(socket_id), Some(channel)) = (
-        client,
-        form_value(&form, "socket_id"),
-        form_value(&form, "channel_name"),
-    ) else {
-        return reply(403, serde_json::json!({ "message": "Unauthenticated." }));
-    };
-    let [_, private, presence] = channels_of(client, signer.members_per_channel);
-    let channel_data = (channel == presence).then(|| {
-        serde_json::json!({ "user_id": user_id(client), "user_info": { "name": format!("user {client}") } })
-            .to_string()
-    });
-    let allowed = channel == private || channel == presence;
-    let signed = auth::channel_string_to_sign(&socket_id, &channel, channel_data.as_deref());
-    log.lock().expect("auth log").push(AuthRequest {
-        client,
-        socket_id,
-        channel,
-        at: Instant::now(),
-    });
-    if !allowed {
-        return reply(
-            403,
-            serde_json::json!({ "message": "This action is unauthorized." }),
-        );
-    }
-    let token = auth::token(&signer.key, &signer.secret, &signed);
-    match channel_data {
-        Some(data) => reply(
-            200,
-            serde_json::json!({ "auth": token, "channel_data": data }),
-        ),
-        None => reply(200, serde_json::json!({ "auth": token })),
-    }
-}
-
-/// The value of `name` in an `application/x-www-form-urlencoded` body.
-fn form_value(body: &str, name: &str) -> Option<String> {
-    body.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = [bytes.next().unwrap_or(b'0'), bytes.next().unwrap_or(b'0')];
-                let hex = std::str::from_utf8(&hex).unwrap_or("00");
-                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
-            }
-            b => out.push(b),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn form_encode(pairs: &[(&str, &str)]) -> String {
-    let encode = |s: &str| -> String {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                b => format!("%{b:02X}"),
-            })
-            .collect()
-    };
-    let pairs: Vec<String> = pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-        .collect();
-    pairs.join("&")
-}
-
-/// What pusher-js's `channelAuthorization` does: one POST per channel.
-struct AuthClient {
-    url: String,
-    http: HttpClient,
-    in_flight: Semaphore,
-}
-
-impl AuthClient {
-    fn new(endpoint: SocketAddr) -> Self {
-        Self {
-            url: format!("http://{endpoint}/broadcasting/auth"),
-            http: http_client(AUTH_IN_FLIGHT),
-            in_flight: Semaphore::new(AUTH_IN_FLIGHT),
-        }
-    }
-
-    async fn authorize(
-        &self,
-        client: usize,
-        socket_id: &str,
-        channel: &str,
-    ) -> anyhow::Result<ChannelAuth> {
-        let body = form_encode(&[("socket_id", socket_id), ("channel_name", channel)]);
-        let request = hyper::Request::post(&self.url)
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("x-user", client.to_string())
-            .body(Full::new(Bytes::from(body)))?;
-        let _permit = self.in_flight.acquire().await?;
-        let response = self.http.request(request).await?;
-        let status = response.status();
-        let body = response.into_body().collect().await?.to_bytes();
-        if !status.is_success() {
-            bail!("auth for {channel} answered {status}");
-        }
-        let v: serde_json::Value = serde_json::from_slice(&body)?;
-        Ok(ChannelAuth {
-            auth: v["auth"]
-                .as_str()
-                .ok_or_else(|| anyhow!("no auth in {v}"))?
-                .to_owned(),
-            channel_data: v["channel_data"].as_str().map(String::from),
-        })
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -790,176 +584,9 @@ impl AuthAudit {
     }
 }
 
-/// When (ms after the kill) the cluster state was first exact.
-pub struct Convergence {
-    /// Every presence channel's member list at the HTTP API is exactly its
-    /// group's users.
-    pub users_exact_ms: Option<f64>,
-    /// Every channel's `subscription_count` is its group's size (the dead
-    /// node's counts are gone).
-    pub counts_exact_ms: Option<f64>,
-    /// Every client's own member list (snapshot plus member events, as
-    /// pusher-js keeps it) is exactly its group's users.
-    pub clients_exact_ms: Option<f64>,
-    /// All three at once (the wait ends there).
-    pub exact_ms: Option<f64>,
-    /// A member list at the HTTP API was exact and later was not.
-    pub users_regressed: bool,
-    /// Clients whose own member list was wrong when the wait ended, among
-    /// those that reconnected and those that stayed.
-    pub wrong_lists_reconnected: usize,
-    pub wrong_lists_stayed: usize,
-}
-
-/// The expected members: client `i` is user `u{i}` in group `i / size`.
-struct Groups {
-    clients: usize,
-    members_per_channel: usize,
-}
-
-impl Groups {
-    fn count(&self) -> usize {
-        self.clients.div_ceil(self.members_per_channel)
-    }
-
-    fn users(&self, group: usize) -> BTreeSet<String> {
-        let first = group * self.members_per_channel;
-        (first..self.clients.min(first + self.members_per_channel))
-            .map(user_id)
-            .collect()
-    }
-
-    /// Whether the HTTP API lists exactly the expected users everywhere.
-    async fn api_users_exact(&self, api: &Api) -> anyhow::Result<bool> {
-        let lists = futures::future::try_join_all(
-            (0..self.count())
-                .map(|g| async move { api.users(&format!("presence-storm-{g}")).await }),
-        )
-        .await?;
-        Ok(lists
-            .into_iter()
-            .enumerate()
-            .all(|(g, got)| got.into_iter().collect::<BTreeSet<_>>() == self.users(g)))
-    }
-
-    /// Whether every storm channel's `subscription_count` is its group's size.
-    async fn api_counts_exact(&self, api: &Api) -> anyhow::Result<bool> {
-        let counts = subscription_counts(api).await?;
-        Ok(counts.len() == 3 * self.count()
-            && (0..self.count()).all(|g| {
-                let size = self.users(g).len() as u64;
-                channels_of(g * self.members_per_channel, self.members_per_channel)
-                    .iter()
-                    .all(|ch| counts.get(ch) == Some(&size))
-            }))
-    }
-
-    /// The clients whose own member list is not their group's users.
-    fn wrong_client_lists<'a>(
-        &'a self,
-        members: &'a [Mutex<BTreeSet<String>>],
-    ) -> impl Iterator<Item = usize> + 'a {
-        let expected: Vec<BTreeSet<String>> = (0..self.count()).map(|g| self.users(g)).collect();
-        members.iter().enumerate().filter_map(move |(i, list)| {
-            (*list.lock().expect("members") != expected[i / self.members_per_channel]).then_some(i)
-        })
-    }
-}
-
-/// Polls the HTTP API and the clients' member lists until all are exact,
-/// or `deadline` after the kill.
-async fn converge(
-    api: &Api,
-    members: &[Mutex<BTreeSet<String>>],
-    reconnected: &HashMap<usize, String>,
-    members_per_channel: usize,
-    kill_at: Instant,
-    deadline: Duration,
-) -> anyhow::Result<Convergence> {
-    let groups = Groups {
-        clients: members.len(),
-        members_per_channel,
-    };
-    let mut c = Convergence {
-        users_exact_ms: None,
-        counts_exact_ms: None,
-        clients_exact_ms: None,
-        exact_ms: None,
-        users_regressed: false,
-        wrong_lists_reconnected: 0,
-        wrong_lists_stayed: 0,
-    };
-    loop {
-        let users_ok = groups.api_users_exact(api).await?;
-        let counts_ok = groups.api_counts_exact(api).await?;
-        let wrong: Vec<usize> = groups.wrong_client_lists(members).collect();
-        let at = Some(ms_since(kill_at, Instant::now()));
-        c.users_regressed |= c.users_exact_ms.is_some() && !users_ok;
-        for (ok, first) in [
-            (users_ok, &mut c.users_exact_ms),
-            (counts_ok, &mut c.counts_exact_ms),
-            (wrong.is_empty(), &mut c.clients_exact_ms),
-        ] {
-            if ok && first.is_none() {
-                *first = at;
-            }
-        }
-        let all_ok = users_ok && counts_ok && wrong.is_empty();
-        if all_ok || kill_at.elapsed() > deadline {
-            c.exact_ms = at.filter(|_| all_ok);
-            c.wrong_lists_reconnected =
-                wrong.iter().filter(|i| reconnected.contains_key(i)).count();
-            c.wrong_lists_stayed = wrong.len() - c.wrong_lists_reconnected;
-            return Ok(c);
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-/// `subscription_count` of every occupied storm channel, from
-/// `GET /apps/{id}/channels?info=subscription_count`.
-async fn subscription_counts(api: &Api) -> anyhow::Result<HashMap<String, u64>> {
-    let path = format!("/apps/{}/channels", api.app_id);
-    let (status, text) = api
-        .request("GET", &path, &[("info", "subscription_count")], None)
-        .await?;
-    if status != 200 {
-        bail!("channels answered {status}: {text}");
-    }
-    let v: serde_json::Value = serde_json::from_str(&text)?;
-    Ok(v["channels"]
-        .as_object()
-        .map(|channels| {
-            channels
-                .iter()
-                .filter(|(name, _)| name.contains("storm-"))
-                .map(|(name, info)| {
-                    (
-                        name.clone(),
-                        info["subscription_count"].as_u64().unwrap_or(0),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn form_bodies_round_trip() {
-        let body = form_encode(&[("socket_id", "123.456"), ("channel_name", "presence-a b;c")]);
-        assert_eq!(body, "socket_id=123.456&channel_name=presence-a%20b%3Bc");
-        assert_eq!(form_value(&body, "socket_id").as_deref(), Some("123.456"));
-        assert_eq!(
-            form_value(&body, "channel_name").as_deref(),
-            Some("presence-a b;c")
-        );
-        assert_eq!(form_value("a=x+y", "a").as_deref(), Some("x y"));
-        assert_eq!(form_value(&body, "missing"), None);
-    }
 
     #[test]
     fn member_lists_follow_snapshot_and_events() {
