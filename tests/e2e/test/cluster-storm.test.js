@@ -7,8 +7,9 @@
 // - every client of the killed gateway is subscribed again, on the survivor, to all three channels, within the
 //   issue's 5 s of the kill; the survivor's clients keep their connection;
 // - exactly one auth request per private/presence channel per reconnect, none from clients that stayed;
-// - afterwards, presence member lists are exact, at the ingest's HTTP API (users, user_count and
-//   subscription_count, i.e. the dead node's entries are gone) and in every client's own member list.
+// - presence member lists are exact at the ingest's HTTP API (users, user_count and subscription_count: after the
+//   kill, only once the dead node's entries are gone) and in every client's own member list, before the kill (so a
+//   wrong list afterwards is the storm's doing) and after it.
 //
 // What pusher-js 8 does here (src/core/connection/connection_manager.ts, protocol/protocol.ts of 8.6.0): the
 // killed gateway's sockets end without a close frame (code 1006); getCloseAction(1006) is null (no backoff, no
@@ -36,7 +37,7 @@ const userOf = (i) => String(i + 1);
 const membersOf = (g) => [...Array(CLIENTS).keys()].filter((i) => groupOf(i) === g).map(userOf).sort();
 const groups = [...new Set([...Array(CLIENTS).keys()].map(groupOf))];
 
-/** A pusher-js client subscribed to its three channels; `subs[channel]` is the socket id of each success. */
+/** A pusher-js client subscribing to its three channels; `subs[channel]` lists each success (socket id, time). */
 function stormClient(viaBalancer, authServer, i) {
   const client = h.pusherClient(viaBalancer, h.authOptions(authServer, userOf(i)));
   const subs = {};
@@ -47,7 +48,7 @@ function stormClient(viaBalancer, authServer, i) {
     channel.bind('pusher:subscription_error', (e) => subs[name].push({ error: JSON.stringify(e), at: now() }));
     return channel;
   });
-  // member events on the presence channel, for failure messages: [kind, user id, ms since start]
+  // the presence channel's events in arrival order, for failure messages: [kind, user id or snapshot size, now()]
   const memberEvents = [];
   channels[2].bind('pusher:member_added', (m) => memberEvents.push(['added', String(m.id), Math.round(now())]));
   channels[2].bind('pusher:member_removed', (m) => memberEvents.push(['removed', String(m.id), Math.round(now())]));
