@@ -2,6 +2,8 @@
 //! HTTP API client, and the measurements every mode reports. Nothing here is
 //! Herald-specific: it speaks the Pusher protocol to any compatible server.
 
+pub mod storm;
+
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -108,6 +110,26 @@ pub async fn send(ws: &mut Ws, value: &serde_json::Value) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// A pooled HTTP/1 client (keeps up to `idle_per_host` connections open
+/// per server between requests).
+pub type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
+
+pub fn http_client(idle_per_host: usize) -> HttpClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(idle_per_host)
+        .build_http()
+}
+
+/// What an auth endpoint answers for a private or presence channel: the
+/// token, and for presence the member's `channel_data` it signed.
+pub struct ChannelAuth {
+    pub auth: String,
+    pub channel_data: Option<String>,
+}
+
 /// A signed Pusher HTTP API client.
 #[derive(Clone)]
 pub struct Api {
@@ -115,24 +137,17 @@ pub struct Api {
     pub app_id: String,
     pub key: String,
     pub secret: String,
-    client: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        Full<Bytes>,
-    >,
+    client: HttpClient,
 }
 
 impl Api {
     pub fn new(server: SocketAddr, app_id: &str, key: &str, secret: &str) -> Self {
-        let client =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .pool_max_idle_per_host(64)
-                .build_http();
         Self {
             server,
             app_id: app_id.into(),
             key: key.into(),
             secret: secret.into(),
-            client,
+            client: http_client(64),
         }
     }
 
@@ -253,6 +268,7 @@ pub fn percentile(sorted: &[u64], q: f64) -> u64 {
 /// was close enough to the machine's cores to distort the result.
 pub struct GeneratorLoad {
     pub cores_used: f64,
+    pub threads: usize,
     pub saturated: bool,
 }
 
@@ -260,7 +276,19 @@ pub fn generator_load(cpu: Duration, wall: Duration, threads: usize) -> Generato
     let cores_used = cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9);
     GeneratorLoad {
         cores_used,
+        threads,
         saturated: cores_used > 0.9 * threads as f64,
+    }
+}
+
+/// Prints the generator's CPU use, and a warning when it was saturated.
+pub fn report_load(load: &GeneratorLoad) {
+    println!(
+        "generator used {:.2} of {} core(s)",
+        load.cores_used, load.threads
+    );
+    if load.saturated {
+        println!("WARNING: the generator was saturated; the figures above understate the server");
     }
 }
 
@@ -286,6 +314,25 @@ pub async fn subscribe_raw(
     n: usize,
     channel: &str,
 ) -> anyhow::Result<RawFrames> {
+    let (mut frames, _) = connect_raw(server, key, n).await?;
+    frames.send_subscribe(channel, None).await?;
+    frames
+        .wait_for(SUBSCRIBED)
+        .await
+        .with_context(|| format!("subscription to {channel}"))?;
+    Ok(frames)
+}
+
+/// The marker of a `subscription_succeeded` frame.
+pub const SUBSCRIBED: &[u8] = b"pusher_internal:subscription_succeeded";
+
+/// Opens a Pusher connection (handshake and `connection_established`);
+/// returns it with its socket id.
+pub async fn connect_raw(
+    server: SocketAddr,
+    key: &str,
+    n: usize,
+) -> anyhow::Result<(RawFrames, String)> {
     use tokio::io::AsyncWriteExt;
     let mut stream = tcp_connect(server, n).await?;
     let request = format!(
@@ -300,20 +347,22 @@ pub async fn subscribe_raw(
         start: 0,
     };
     frames.read_head().await.context("WebSocket handshake")?;
-    frames
+    let established = frames
         .wait_for(b"pusher:connection_established")
         .await
         .context("connection_established")?;
-    let subscribe = format!(r#"{{"event":"pusher:subscribe","data":{{"channel":"{channel}"}}}}"#);
-    frames
-        .stream
-        .write_all(&masked_text_frame(subscribe.as_bytes()))
-        .await?;
-    frames
-        .wait_for(b"pusher_internal:subscription_succeeded")
-        .await
-        .with_context(|| format!("subscription to {channel}"))?;
-    Ok(frames)
+    Ok((frames, socket_id_of(&established)?))
+}
+
+/// The socket id in a `connection_established` frame (its `data` is a JSON
+/// string holding an object).
+fn socket_id_of(established: &[u8]) -> anyhow::Result<String> {
+    let frame: serde_json::Value = serde_json::from_slice(established)?;
+    let data: serde_json::Value = serde_json::from_str(frame["data"].as_str().unwrap_or("{}"))?;
+    data["socket_id"]
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| anyhow!("no socket_id in {frame}"))
 }
 
 /// A client text frame (masked, as clients must).
@@ -333,6 +382,29 @@ fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
 }
 
 impl RawFrames {
+    /// Sends `pusher:subscribe` for `channel`; `auth` is the authorization
+    /// (token, and `channel_data` for presence) a private or presence
+    /// channel needs. Does not wait for the answer: see [`Self::wait_for`].
+    pub async fn send_subscribe(
+        &mut self,
+        channel: &str,
+        auth: Option<&ChannelAuth>,
+    ) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut data = serde_json::json!({ "channel": channel });
+        if let Some(a) = auth {
+            data["auth"] = a.auth.as_str().into();
+            if let Some(cd) = &a.channel_data {
+                data["channel_data"] = cd.as_str().into();
+            }
+        }
+        let message = serde_json::json!({ "event": "pusher:subscribe", "data": data }).to_string();
+        self.stream
+            .write_all(&masked_text_frame(message.as_bytes()))
+            .await?;
+        Ok(())
+    }
+
     /// Reads the handshake response up to its blank line; it must be a 101.
     async fn read_head(&mut self) -> anyhow::Result<()> {
         use tokio::io::AsyncReadExt;
@@ -351,26 +423,26 @@ impl RawFrames {
         }
     }
 
-    /// Reads until a text frame containing `marker` arrives; an error
-    /// event or a close before it fails.
-    async fn wait_for(&mut self, marker: &[u8]) -> anyhow::Result<()> {
+    /// Reads until a text frame containing `marker` arrives and returns
+    /// it; an error event or a close before it fails.
+    pub async fn wait_for(&mut self, marker: &[u8]) -> anyhow::Result<Vec<u8>> {
         let contains = |text: &[u8], what: &[u8]| text.windows(what.len()).any(|w| w == what);
         loop {
-            let (mut found, mut refused) = (false, None);
+            let (mut found, mut refused) = (None, None);
             // Stops at the marker: frames after it are the caller's.
             let open = self.process_buffered(|text| {
                 if contains(text, marker) {
-                    found = true;
+                    found = Some(text.to_vec());
                 } else if contains(text, b"pusher:error") || contains(text, b"subscription_error") {
                     refused = Some(String::from_utf8_lossy(text).into_owned());
                 }
-                found || refused.is_some()
-            }) && (found || refused.is_some() || self.fill().await?);
+                found.is_some() || refused.is_some()
+            }) && (found.is_some() || refused.is_some() || self.fill().await?);
             if let Some(refusal) = refused {
                 bail!("refused: {refusal}");
             }
-            if found {
-                return Ok(());
+            if let Some(frame) = found {
+                return Ok(frame);
             }
             if !open {
                 bail!("connection closed");

@@ -3,9 +3,11 @@
 //! Modes: `fanout` (deliveries/s, loss, duplicates, end-to-end latency),
 //! `idle` (server RSS per subscribed connection), `connect-rate`
 //! (connections + subscriptions per second), `presence-churn` (presence
-//! joins + leaves per second, and how long the HTTP API takes to agree) and
+//! joins + leaves per second, and how long the HTTP API takes to agree),
 //! `subscribe-flood` (others' subscribe latency while one socket floods
-//! subscribes).
+//! subscribes) and `storm` (a gateway of a cluster killed under clients
+//! with public, private and presence channels: how long until they are all
+//! subscribed again elsewhere; see `herald_bench::storm`).
 //! Each run prints readable lines and one JSON summary line, and reports the
 //! generator's own CPU use so a run where the generator was the bottleneck
 //! says so.
@@ -120,6 +122,32 @@ enum Mode {
         #[arg(long, default_value_t = 10)]
         duration: u64,
     },
+    /// Clients with a public, a private and a presence channel (authorized
+    /// by the generator's own HTTP auth endpoint) spread over the --ws
+    /// gateways; the generator kill -9s --kill-pid, the gateway at the
+    /// FIRST --ws address; its clients reconnect like pusher-js (after
+    /// --reconnect-delay-ms, to the next address).
+    Storm {
+        #[command(flatten)]
+        target: Target,
+        /// HTTP API endpoint (an ingest): member lists and counts.
+        #[arg(long)]
+        api: SocketAddr,
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        /// Clients per channel (each group of this many shares its public,
+        /// private and presence channel).
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        /// Pid of the gateway listening at the first --ws address.
+        #[arg(long)]
+        kill_pid: u32,
+        #[arg(long, default_value_t = 1000)]
+        reconnect_delay_ms: u64,
+        /// Seconds each wait after the kill may take at most.
+        #[arg(long, default_value_t = 30)]
+        deadline: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -173,6 +201,37 @@ fn main() -> anyhow::Result<()> {
                     duration,
                 };
                 subscribe_flood::run(&target, flood, threads).await
+            }
+            Mode::Storm {
+                target,
+                api,
+                clients,
+                members,
+                kill_pid,
+                reconnect_delay_ms,
+                deadline,
+            } => {
+                if clients as u64 + 1024 > fd_limit {
+                    bail!("{clients} clients need more open files than this process may have ({fd_limit})");
+                }
+                let report = storm::run(storm::StormConfig {
+                    api: Api::new(api, &target.app_id, &target.key, &target.secret),
+                    ws: target.ws,
+                    clients,
+                    members_per_channel: members,
+                    concurrency: target.concurrency,
+                    kill_pid,
+                    reconnect_delay: Duration::from_millis(reconnect_delay_ms),
+                    deadline: Duration::from_secs(deadline),
+                    threads,
+                })
+                .await?;
+                report.print();
+                let problems = report.problems();
+                if !problems.is_empty() {
+                    bail!("storm: {}", problems.join("; "));
+                }
+                Ok(())
             }
         }
     })
@@ -381,7 +440,7 @@ async fn fanout(
         ms(percentile(&latencies, 0.99)),
         ms(percentile(&latencies, 1.0))
     );
-    report_load(&load, threads);
+    report_load(&load);
     println!(
         "{}",
         serde_json::json!({
@@ -394,13 +453,6 @@ async fn fanout(
         })
     );
     Ok(())
-}
-
-fn report_load(load: &GeneratorLoad, threads: usize) {
-    println!("generator used {:.2} of {threads} core(s)", load.cores_used);
-    if load.saturated {
-        println!("WARNING: the generator was saturated; the figures above understate the server");
-    }
 }
 
 async fn idle(
@@ -443,7 +495,7 @@ async fn connect_rate(target: &Target, connections: usize, threads: usize) -> an
     let load = generator_load(cpu_time() - cpu_start, wall, threads);
     let rate = connections as f64 / wall.as_secs_f64();
     println!("connect-rate: {connections} connections + subscriptions in {:.2}s = {rate:.0}/s (concurrency {})", wall.as_secs_f64(), target.concurrency);
-    report_load(&load, threads);
+    report_load(&load);
     println!(
         "{}",
         serde_json::json!({ "mode": "connect-rate", "connections": connections, "seconds": wall.as_secs_f64(), "per_second": rate.round(),
@@ -528,7 +580,7 @@ async fn presence_churn(
     let converge_ms = converge_start.elapsed().as_secs_f64() * 1000.0;
     let per_second = done_ops as f64 / churn_secs;
     println!("presence-churn: {users} users over {channels} channel(s): {done_ops} joins+leaves in {churn_secs:.2}s = {per_second:.0}/s; API converged {converge_ms:.0} ms after the last one");
-    report_load(&load, threads);
+    report_load(&load);
     println!(
         "{}",
         serde_json::json!({ "mode": "presence-churn", "users": users, "channels": channels, "operations": done_ops,

@@ -11,7 +11,7 @@
 //! subscribes were accepted, refused over the rate (429) or refused
 //! otherwise.
 
-use super::{report_load, Target};
+use super::Target;
 use anyhow::{bail, Context};
 use futures::{SinkExt, StreamExt};
 use herald_bench::*;
@@ -91,7 +91,7 @@ pub async fn run(target: &Target, flood: Flood, threads: usize) -> anyhow::Resul
     }
     let load = generator_load(cpu_time() - cpu_start, start.elapsed(), threads);
     latencies.sort_unstable();
-    report(&flood, &counts, &latencies, &load, threads);
+    report(&flood, &counts, &latencies, &load);
     Ok(())
 }
 
@@ -189,13 +189,7 @@ async fn time_subscribes(
     }
 }
 
-fn report(
-    flood: &Flood,
-    counts: &FloodCounts,
-    latencies: &[u64],
-    load: &GeneratorLoad,
-    threads: usize,
-) {
+fn report(flood: &Flood, counts: &FloodCounts, latencies: &[u64], load: &GeneratorLoad) {
     let ms = |us: u64| us as f64 / 1000.0;
     let offered = counts.sent as f64 / flood.duration.max(1) as f64;
     let (p50, p99, max) = (
@@ -212,7 +206,7 @@ fn report(
         flood.others,
         latencies.len()
     );
-    report_load(load, threads);
+    report_load(load);
     println!(
         "{}",
         serde_json::json!({

@@ -91,10 +91,11 @@ fn member(channel_data: Option<&str>, user: Option<&User>) -> Result<Member, Ref
 /// its list with this snapshot, so a `member_added` queued before it must be
 /// in it.
 pub(super) fn send_snapshot(cx: &Context<'_>, channel: &str, member: &Member) {
-    cx.state.with_presence_data(&cx.app.id, channel, |mut presence| {
-        include_member(&mut presence, &member.user_id, &member.info);
-        cx.send_text(&message::subscription_succeeded(channel, Some(presence)));
-    });
+    cx.state
+        .with_presence_data(&cx.app.id, channel, |mut presence| {
+            include_member(&mut presence, &member.user_id, &member.info);
+            cx.send_text(&message::subscription_succeeded(channel, Some(presence)));
+        });
 }
 
 /// Makes sure the joiner is in its own member list, even if its write has

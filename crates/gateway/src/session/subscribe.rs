@@ -102,9 +102,10 @@ async fn try_subscribe(
     }
     if let Some(existing) = subscriptions.get(channel) {
         if existing.name.is_presence() {
-            cx.state.with_presence_data(&cx.app.id, channel, |presence| {
-                cx.send_text(&message::subscription_succeeded(channel, Some(presence)));
-            });
+            cx.state
+                .with_presence_data(&cx.app.id, channel, |presence| {
+                    cx.send_text(&message::subscription_succeeded(channel, Some(presence)));
+                });
         } else {
             cx.send_text(&message::subscription_succeeded(channel, None));
         }
