@@ -48,6 +48,11 @@ pub struct Config {
     /// Open WebSocket connections allowed from one IP address (0 = unlimited);
     /// over it the socket is closed with 4100 (reconnect later).
     pub max_connections_per_ip: usize,
+    /// Open WebSocket connections allowed on this process in all (0 =
+    /// unlimited); over it the socket is closed with 4100 (reconnect later,
+    /// perhaps to another node). A ceiling below the file-descriptor limit
+    /// keeps descriptors free for the HTTP API, the admin port and NATS.
+    pub max_connections: usize,
     /// Addresses and CIDR ranges of the proxies in front of Herald (an
     /// Ingress, a load balancer). From a connection whose TCP peer is one of
     /// them, the client's address is read from `X-Forwarded-For`.
@@ -201,6 +206,7 @@ impl Default for Config {
             header_timeout: 10,
             body_timeout: 10,
             max_connections_per_ip: 0,
+            max_connections: 0,
             trusted_proxies: Vec::new(),
             drain_window: None,
             shutdown_timeout: 5,

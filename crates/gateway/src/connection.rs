@@ -63,22 +63,17 @@ pub async fn run(
     admission: Admission,
     client: std::net::IpAddr,
 ) {
-    if !gateway.acquire_ip(client) {
+    if let Err((limit, disconnect)) = gateway.acquire(client) {
         gateway
             .metrics
             .limit_rejections
-            .with_label_values(&["", "connections_per_ip"])
+            .with_label_values(&["", limit])
             .inc();
-        let why = format!("too many connections from {client}");
-        let refusal = Refusal::new(
-            Disconnect::new(Cause::PerIpLimit, codes::OVER_CAPACITY, why),
-            "",
-        );
         let (_, mut write_half) = tokio::io::split(TokioIo::new(upgraded));
-        return refuse(&gateway, &mut write_half, refusal).await;
+        return refuse(&gateway, &mut write_half, Refusal::new(disconnect, "")).await;
     }
     serve_upgraded(gateway.clone(), upgraded, admission).await;
-    gateway.release_ip(client);
+    gateway.release(client);
 }
 
 async fn serve_upgraded(gateway: Arc<Gateway>, upgraded: Upgraded, admission: Admission) {

@@ -38,7 +38,7 @@ use hyper::{Request, Response, StatusCode};
 use metrics::GatewayMetrics;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +53,8 @@ pub struct Settings {
     pub outbox_capacity: usize,
     pub write_timeout: Duration,
     pub max_connections_per_ip: usize,
+    /// Open connections of the whole process (`max_connections`, 0 = unlimited).
+    pub max_connections: usize,
     /// Proxies whose `X-Forwarded-For` names the client (`trusted_proxies`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
@@ -66,6 +68,7 @@ impl Settings {
             outbox_capacity: config.outbox_capacity,
             write_timeout: Duration::from_secs(config.write_timeout),
             max_connections_per_ip: config.max_connections_per_ip,
+            max_connections: config.max_connections,
             trusted_proxies: config.trusted_proxy_ranges(),
         }
     }
@@ -82,6 +85,8 @@ pub struct Gateway {
     webhooks: Arc<Webhooks>,
     /// Open connections per client address, when `max_connections_per_ip` is set.
     per_ip: parking_lot::Mutex<HashMap<IpAddr, usize>>,
+    /// Open connections in all, when `max_connections` is set.
+    open: AtomicUsize,
     /// Random per process, so socket ids from different nodes never collide.
     socket_prefix: u32,
     next_socket: AtomicU64,
@@ -110,6 +115,7 @@ impl Gateway {
             metrics,
             webhooks,
             per_ip: parking_lot::Mutex::default(),
+            open: AtomicUsize::new(0),
             socket_prefix: rand::random::<u32>() % 1_000_000_000,
             next_socket: AtomicU64::new(1),
         })
@@ -268,6 +274,48 @@ impl Gateway {
 
     pub fn connection_count(&self) -> usize {
         self.hub.connection_count()
+    }
+
+    /// Counts a connection from `ip` against `max_connections` and
+    /// `max_connections_per_ip`; when one is full, the
+    /// `herald_limit_rejections_total` label and the refusal instead.
+    fn acquire(&self, ip: IpAddr) -> Result<(), (&'static str, Disconnect)> {
+        if !self.acquire_slot() {
+            let why = "too many connections to this server";
+            let refusal = Disconnect::new(Cause::ConnectionLimit, codes::OVER_CAPACITY, why);
+            return Err(("connections", refusal));
+        }
+        if !self.acquire_ip(ip) {
+            self.release_slot();
+            let why = format!("too many connections from {ip}");
+            let refusal = Disconnect::new(Cause::PerIpLimit, codes::OVER_CAPACITY, why);
+            return Err(("connections_per_ip", refusal));
+        }
+        Ok(())
+    }
+
+    /// Gives back what [`Self::acquire`] took.
+    fn release(&self, ip: IpAddr) {
+        self.release_ip(ip);
+        self.release_slot();
+    }
+
+    /// Takes one of the process's `max_connections`; false when none is left.
+    fn acquire_slot(&self) -> bool {
+        let max = self.settings.max_connections;
+        max == 0
+            || self
+                .open
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
+                    (open < max).then_some(open + 1)
+                })
+                .is_ok()
+    }
+
+    fn release_slot(&self) {
+        if self.settings.max_connections != 0 {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts a connection from `ip`; false when the address is at its limit.

@@ -1,26 +1,28 @@
 //! The accept loops of the client port, plain and TLS. Each accepted socket
-//! gets its own task; the loops themselves never block on a connection.
+//! gets its own task; the loops themselves never block on a connection, and
+//! ride out a failing `accept` (no descriptors left) with
+//! [`AcceptBackoff`] instead of spinning.
 
 use crate::routing::Routes;
 use crate::tls::Tls;
+use herald_metrics::{AcceptBackoff, Metrics};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
 /// Accepts plain connections until `shutdown` resolves, then drops the
 /// listener (new connections are refused from then on).
-pub async fn plain(listener: TcpListener, routes: Routes, shutdown: impl std::future::Future) {
+pub async fn plain(
+    listener: TcpListener,
+    routes: Routes,
+    metrics: &Metrics,
+    shutdown: impl std::future::Future,
+) {
+    let mut backoff = AcceptBackoff::new(metrics, "client");
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let (stream, remote) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        continue;
-                    }
-                };
+            (stream, remote) = backoff.accept(&listener) => {
                 let _ = stream.set_nodelay(true);
                 // The 101 of a WebSocket handshake goes out in one segment with
                 // the connection's first frame.
@@ -33,11 +35,10 @@ pub async fn plain(listener: TcpListener, routes: Routes, shutdown: impl std::fu
 
 /// Accepts TLS connections forever (the caller aborts the task to stop).
 /// The TLS handshake gets the same deadline as a request head.
-pub async fn tls(listener: TcpListener, tls: Arc<Tls>, routes: Routes) {
+pub async fn tls(listener: TcpListener, tls: Arc<Tls>, routes: Routes, metrics: Arc<Metrics>) {
+    let mut backoff = AcceptBackoff::new(&metrics, "tls");
     loop {
-        let Ok((stream, remote)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, remote) = backoff.accept(&listener).await;
         let _ = stream.set_nodelay(true);
         let (acceptor, routes) = (tls.acceptor(), routes.clone());
         tokio::spawn(async move {

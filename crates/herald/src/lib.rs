@@ -120,6 +120,7 @@ pub async fn run(
     tokio::spawn(herald_metrics::serve_admin(
         listeners.admin,
         metrics.clone(),
+        Duration::from_secs(config.header_timeout),
     ));
     // The shutdown is honoured from here on, also while waiting for NATS.
     tokio::pin!(shutdown);
@@ -147,7 +148,12 @@ pub async fn run(
             let tls = tls::Tls::new(cert, key)?;
             tokio::spawn(tls.clone().watch());
             tracing::info!(tls_bind = %listener.local_addr()?, "TLS listener (wss/https)");
-            Some(tokio::spawn(accept::tls(listener, tls, routes.clone())))
+            Some(tokio::spawn(accept::tls(
+                listener,
+                tls,
+                routes.clone(),
+                metrics.clone(),
+            )))
         }
         _ => None,
     };
@@ -161,7 +167,7 @@ pub async fn run(
         "herald listening"
     );
     let gateway = routes.gateway.clone();
-    accept::plain(listeners.client, routes, shutdown).await;
+    accept::plain(listeners.client, routes, &metrics, shutdown).await;
 
     metrics.set_ready(false);
     if let Some(tls_accept) = tls_accept {

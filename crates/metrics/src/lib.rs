@@ -11,6 +11,13 @@
 //! `IngestMetrics` (HTTP API requests), `StateMetrics` (JetStream KV and
 //! scrape-time channel gauges) and `WebhookMetrics`. A role registers only
 //! the families of the concerns it runs.
+//!
+//! [`AcceptBackoff`] keeps every accept loop (this admin port's and the
+//! client port's) alive and quiet when the process runs out of descriptors.
+
+mod accept;
+
+pub use accept::AcceptBackoff;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -24,6 +31,7 @@ use prometheus::{
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub struct Metrics {
@@ -40,6 +48,8 @@ pub struct Metrics {
     pub bus_connected: prometheus::IntGauge,
     /// Times the bus connection was (re-)established.
     pub bus_connects: prometheus::IntCounter,
+    /// Failed `accept` calls, by listener (client, tls, admin); see [`AcceptBackoff`].
+    accept_errors: IntCounterVec,
     admin_routes: std::sync::OnceLock<Arc<dyn AdminRoutes>>,
     /// Further conditions of readiness, from the concerns that own them.
     ready_checks: parking_lot::RwLock<Vec<ReadyCheck>>,
@@ -166,6 +176,14 @@ impl Metrics {
                 "Bus (NATS) connections established, including reconnects.",
             )
             .expect("valid metric"),
+            accept_errors: IntCounterVec::new(
+                Opts::new(
+                    "herald_accept_errors_total",
+                    "Failed accepts of new TCP connections (e.g. out of file descriptors), by listener.",
+                ),
+                &["listener"],
+            )
+            .expect("valid metric"),
             admin_routes: std::sync::OnceLock::new(),
             ready_checks: parking_lot::RwLock::default(),
         };
@@ -175,6 +193,7 @@ impl Metrics {
         core.add(core.bus_publish_failures.clone());
         core.add(core.bus_connected.clone());
         core.add(core.bus_connects.clone());
+        core.add(core.accept_errors.clone());
         core
     }
 
@@ -266,16 +285,13 @@ impl Metrics {
     }
 }
 
-/// Serves the admin endpoints on `listener` until the task is dropped.
-pub async fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>) {
+/// Serves the admin endpoints on `listener` until the task is dropped. A
+/// request head must arrive within `header_timeout`, as on the client port,
+/// so that idle connections cannot hold the admin port's descriptors.
+pub async fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>, header_timeout: Duration) {
+    let mut backoff = AcceptBackoff::new(&metrics, "admin");
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed");
-                continue;
-            }
-        };
+        let (stream, _) = backoff.accept(&listener).await;
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
@@ -286,6 +302,8 @@ pub async fn serve_admin(listener: TcpListener, metrics: Arc<Metrics>) {
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

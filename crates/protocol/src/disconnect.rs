@@ -33,6 +33,8 @@ pub enum Cause {
     /// `terminate_connections` for the signed-in user.
     Terminated,
     // Handshake refusals.
+    /// The process is at its `max_connections`.
+    ConnectionLimit,
     PerIpLimit,
     OverQuota,
     AppNotFound,
@@ -58,6 +60,7 @@ impl Cause {
             Self::InvalidPayload => "invalid_payload",
             Self::Shutdown => "shutdown",
             Self::Terminated => "terminated",
+            Self::ConnectionLimit => "connection_limit",
             Self::PerIpLimit => "per_ip_limit",
             Self::OverQuota => "over_quota",
             Self::AppNotFound => "app_not_found",
