@@ -75,6 +75,11 @@ pub struct Config {
     /// Seconds after queueing that a failing webhook is retried before it
     /// becomes a dead letter.
     pub webhook_retry_window_secs: u64,
+    /// Most webhook events one process holds for delivery (all receivers
+    /// together): standalone drops (and counts) events beyond it, an ingest
+    /// stops pulling from the stream. Bounds the memory of a backlog while
+    /// a receiver is down.
+    pub webhook_max_pending: usize,
     /// Cluster mode: how to reach NATS (ignored by `herald standalone`).
     pub nats: NatsConfig,
     pub apps: Vec<AppConfig>,
@@ -89,6 +94,7 @@ impl Config {
             batch_size: self.webhook_batch_size,
             timeout: Duration::from_millis(self.webhook_timeout_ms),
             retry_window: Duration::from_secs(self.webhook_retry_window_secs),
+            max_pending: self.webhook_max_pending,
         }
     }
 }
@@ -101,6 +107,7 @@ pub struct WebhookDelivery {
     pub batch_size: usize,
     pub timeout: Duration,
     pub retry_window: Duration,
+    pub max_pending: usize,
 }
 
 /// NATS connection, credentials, TLS, subject prefix and KV buckets.
@@ -215,6 +222,7 @@ impl Default for Config {
             webhook_batch_size: 20,
             webhook_timeout_ms: 4000,
             webhook_retry_window_secs: 300,
+            webhook_max_pending: 100_000,
             nats: NatsConfig::default(),
             apps: Vec::new(),
         }
@@ -513,6 +521,7 @@ impl Config {
                 "webhook_retry_window_secs",
                 self.webhook_retry_window_secs as usize,
             ),
+            ("webhook_max_pending", self.webhook_max_pending),
             (
                 "nats.webhook_ack_wait_secs",
                 self.nats.webhook_ack_wait_secs as usize,

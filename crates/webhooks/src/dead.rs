@@ -146,12 +146,18 @@ impl DeadLetters {
     {
         match &self.0 {
             Backend::Memory(list) => {
-                let letters: Vec<_> = list.lock().drain(..).collect();
-                let count = letters.len();
-                for letter in letters {
-                    requeue(letter).await?;
+                let mut count = 0;
+                // One at a time: a letter the queue refuses (full) stays listed.
+                loop {
+                    let Some(letter) = list.lock().pop_front() else {
+                        return Ok(count);
+                    };
+                    if let Err(e) = requeue(letter.clone()).await {
+                        list.lock().push_front(letter);
+                        return Err(e);
+                    }
+                    count += 1;
                 }
-                Ok(count)
             }
             Backend::Nats { js, stream, .. } => {
                 let stream = js.get_stream(stream).await.map_err(WebhookError::nats)?;

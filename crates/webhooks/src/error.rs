@@ -14,13 +14,16 @@ pub enum WebhookError {
         name: String,
         source: CreateStreamError,
     },
-    #[error("the consumer's message stream ended")]
-    ConsumerEnded,
     #[error("webhook HTTP client: {0}")]
     HttpClient(reqwest::Error),
     /// A POST that got no answer, with its whole cause chain.
     #[error("{0}")]
     Request(String),
+    /// Standalone holds `webhook_max_pending` events already.
+    #[error("the webhook backlog is full (webhook_max_pending)")]
+    BacklogFull,
+    #[error("no such webhook receiver")]
+    UnknownReceiver,
     /// A POST answered with something other than 2XX.
     #[error("HTTP {0}")]
     Status(reqwest::StatusCode),

@@ -18,16 +18,21 @@
 //!   go to another sender after the ack wait. Delivery to a receiver is at
 //!   least once: a sender that dies between the 2XX and its acknowledgement
 //!   sends that batch again.
+//!   Every event a sender holds is reported in progress, so none waiting
+//!   behind a slow receiver is handed out twice.
 //! - Standalone keeps the queue in memory: pending webhooks do not survive
-//!   a restart of the process.
+//!   a restart of the process, and beyond `webhook_max_pending` they are
+//!   dropped (and counted).
 //!
 //! Modules: `queued` (an event on its way, the type the others share),
 //! `queue` (where events wait: memory or JetStream), `sender` (batching,
-//! signing, POSTing, retrying), `dead` (dead letters), `admin` (the admin
+//! signing, POSTing, retrying), `backlog` (what a receiver's task holds,
+//! kept alive and deduplicated), `dead` (dead letters), `admin` (the admin
 //! endpoints that list and replay them), `error`. Dependencies run one
-//! way: admin → queue → sender → dead → queued.
+//! way: admin → queue → sender → backlog, dead → queued.
 
 mod admin;
+mod backlog;
 mod dead;
 mod error;
 mod metrics;

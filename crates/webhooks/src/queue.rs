@@ -4,6 +4,11 @@
 //! mode publishes them to a JetStream work-queue stream, deduplicated by
 //! message id, which the ingest processes consume through one shared
 //! durable consumer; a second stream keeps the dead letters.
+//!
+//! The consumer pulls only as many events as the sender has room for
+//! (`webhook_max_pending`), so every event pulled is in a receiver's
+//! backlog, where it is kept alive until acknowledged: none sits in a
+//! client-side buffer while its ack wait runs out.
 
 use crate::error::WebhookError;
 use crate::metrics::WebhookMetrics;
@@ -15,7 +20,7 @@ use herald_config::NatsConfig;
 use herald_protocol::token::encode_token;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 /// Events waiting to be published to JetStream, per process.
 const PUBLISH_BACKLOG: usize = 65_536;
@@ -29,6 +34,10 @@ const QUEUE_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 const DEAD_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Events handed to senders and not yet acknowledged, cluster-wide.
 const MAX_ACK_PENDING: i64 = 20_000;
+/// Most events one pull request asks for.
+const PULL_BATCH: usize = 256;
+/// How long a pull request waits for events when the stream is empty.
+const PULL_WAIT: Duration = Duration::from_secs(5);
 const CONSUMER: &str = "herald-webhook-sender";
 
 /// Where this process queues webhook events (see "Standalone or cluster"
@@ -134,12 +143,8 @@ impl Queue {
     pub(crate) fn push(&self, queued: Queued, id: Option<String>) {
         match &self.0 {
             Backend::Memory(sender) => {
-                sender
-                    .metrics()
-                    .queued
-                    .with_label_values(&[&queued.app_id])
-                    .inc();
-                sender.route(Pending::new(queued, Ack::Memory));
+                // A refusal is counted (and logged) by the sender.
+                let _ = sender.offer(queued);
             }
             Backend::Nats { backlog, js } => {
                 if let Err(e) = backlog.try_send((queued, id)) {
@@ -160,10 +165,7 @@ impl Queue {
     /// Queues an event and waits until it is stored (replay of dead letters).
     pub(crate) async fn push_now(&self, queued: Queued) -> Result<(), WebhookError> {
         match &self.0 {
-            Backend::Memory(_) => {
-                self.push(queued, None);
-                Ok(())
-            }
+            Backend::Memory(sender) => sender.offer(queued),
             Backend::Nats { js, .. } => js.publish(&queued, None).await,
         }
     }
@@ -243,20 +245,42 @@ async fn consume_once(
             .await
             .map_err(WebhookError::nats)?,
     };
-    let mut messages = consumer.messages().await.map_err(WebhookError::nats)?;
-    while let Some(message) = messages.next().await {
-        let message = message.map_err(WebhookError::nats)?;
-        match serde_json::from_slice::<Queued>(&message.payload) {
-            Ok(queued) => {
-                sender
-                    .route_waiting(Pending::new(queued, Ack::JetStream(Box::new(message))))
-                    .await
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "undecodable webhook event dropped");
-                let _ = message.ack_with(jetstream::AckKind::Term).await;
-            }
+    loop {
+        let mut room = sender.room_for(PULL_BATCH).await;
+        let mut batch = consumer
+            .batch()
+            .max_messages(room.len())
+            .expires(PULL_WAIT)
+            .messages()
+            .await
+            .map_err(WebhookError::nats)?;
+        while let Some(message) = batch.next().await {
+            let message = message.map_err(WebhookError::nats)?;
+            let room = room.pop().expect("a pull asks for at most its room");
+            hand_over(sender, message, room).await;
         }
     }
-    Err(WebhookError::ConsumerEnded)
+}
+
+/// Gives a pulled event to its receiver's task; terminates what cannot be
+/// delivered (undecodable, receiver no longer configured).
+async fn hand_over(sender: &Sender, message: jetstream::Message, room: OwnedSemaphorePermit) {
+    let queued = match serde_json::from_slice::<Queued>(&message.payload) {
+        Ok(queued) => queued,
+        Err(e) => {
+            tracing::warn!(error = %e, "undecodable webhook event dropped");
+            let _ = message.ack_with(jetstream::AckKind::Term).await;
+            return;
+        }
+    };
+    if let Err(pending) = sender.route(Pending::new(
+        queued,
+        Ack::JetStream(Box::new(message)),
+        room,
+    )) {
+        tracing::warn!(app = %pending.queued.app_id, target = pending.queued.target, "webhook for a receiver that is no longer configured; dropped");
+        if let Ack::JetStream(m) = &pending.ack {
+            let _ = m.ack_with(jetstream::AckKind::Term).await;
+        }
+    }
 }

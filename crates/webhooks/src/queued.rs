@@ -6,6 +6,7 @@
 use async_nats::jetstream::{self, AckKind};
 use herald_protocol::webhook::WebhookEvent;
 use serde::{Deserialize, Serialize};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// One event for one receiver, as it waits in the queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,15 +57,19 @@ pub(crate) struct Pending {
     pub(crate) attempts: u32,
     pub(crate) last_error: String,
     pub(crate) ack: Ack,
+    /// Its place among the events this process may hold
+    /// (`webhook_max_pending`), given back when the event is dropped.
+    _room: OwnedSemaphorePermit,
 }
 
 impl Pending {
-    pub(crate) fn new(queued: Queued, ack: Ack) -> Self {
+    pub(crate) fn new(queued: Queued, ack: Ack, room: OwnedSemaphorePermit) -> Self {
         Self {
             queued,
             attempts: 0,
             last_error: String::new(),
             ack,
+            _room: room,
         }
     }
 }

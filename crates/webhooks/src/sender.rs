@@ -5,31 +5,45 @@
 //! becomes a dead letter. One request per receiver is in flight at a time,
 //! so a failing receiver is not flooded and, once it recovers, its backlog
 //! drains in full batches.
+//!
+//! The process holds at most `webhook_max_pending` events (all receivers
+//! together): standalone drops what comes beyond, the JetStream consumer
+//! pulls no more than there is room for. Each task takes every event handed
+//! to it into its backlog at once, also while a request is in flight, so
+//! the periodic progress acknowledgement covers everything held.
 
+use crate::backlog::Backlog;
 use crate::dead::{DeadLetter, DeadLetters};
 use crate::error::WebhookError;
 use crate::metrics::WebhookMetrics;
-use crate::queued::{Ack, Pending};
-use async_nats::jetstream::AckKind;
+use crate::queued::{Ack, Pending, Queued};
 use herald_config::{AppConfig, WebhookDelivery};
 use herald_protocol::unix_millis;
 use herald_protocol::webhook::{signed_body, WebhookEvent};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
-use tokio::time::{sleep_until, Instant};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{sleep, Interval};
 
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Events waiting for one receiver in this process, beyond which new ones
-/// are refused (standalone) or the JetStream consumer waits.
-const TARGET_BACKLOG: usize = 100_000;
+/// How long acknowledged stream sequences are remembered, in keep-alive
+/// periods (a third of the ack wait each): a redelivery caused by a lost
+/// acknowledgement comes within one ack wait of it.
+const REMEMBER_SENT: u32 = 6;
 
 /// This process's delivery of webhooks to every configured receiver.
 pub struct Sender {
-    targets: HashMap<(String, usize), mpsc::Sender<Pending>>,
+    targets: HashMap<(String, usize), mpsc::UnboundedSender<Pending>>,
     metrics: Arc<WebhookMetrics>,
+    /// One permit per event this process may hold (`webhook_max_pending`).
+    room: Arc<Semaphore>,
+    max_pending: usize,
+    /// Whether events are being dropped for want of room (logged once per episode).
+    full: AtomicBool,
 }
 
 impl Sender {
@@ -54,7 +68,8 @@ impl Sender {
         let mut targets = HashMap::new();
         for app in apps {
             for (index, hook) in app.webhooks.iter().enumerate() {
-                let (tx, rx) = mpsc::channel(TARGET_BACKLOG);
+                // Unbounded: the room semaphore bounds what is ever in it.
+                let (tx, rx) = mpsc::unbounded_channel();
                 let target = Target {
                     app: app.clone(),
                     index,
@@ -63,46 +78,67 @@ impl Sender {
                     client: client.clone(),
                     dead: dead.clone(),
                     metrics: metrics.clone(),
-                    keep_alive,
                 };
-                tokio::spawn(target.run(rx));
+                tokio::spawn(target.run(Inbox::new(rx, keep_alive, delivery, metrics.clone())));
                 targets.insert((app.id.clone(), index), tx);
             }
         }
-        Ok(Arc::new(Self { targets, metrics }))
+        Ok(Arc::new(Self {
+            targets,
+            metrics,
+            room: Arc::new(Semaphore::new(delivery.max_pending)),
+            max_pending: delivery.max_pending,
+            full: AtomicBool::new(false),
+        }))
     }
 
-    pub(crate) fn metrics(&self) -> &WebhookMetrics {
-        &self.metrics
-    }
-
-    /// Hands an event to its receiver's task without waiting (standalone).
-    pub(crate) fn route(&self, pending: Pending) {
-        let app = pending.queued.app_id.clone();
-        let refused = match self.targets.get(&(app.clone(), pending.queued.target)) {
-            Some(tx) => tx.try_send(pending).is_err(),
-            None => true,
+    /// Takes an event straight from this process (standalone) if there is
+    /// room for it; counts it as queued, or as a queue failure.
+    pub(crate) fn offer(&self, queued: Queued) -> Result<(), WebhookError> {
+        let app = queued.app_id.clone();
+        let result = match self.room.clone().try_acquire_owned() {
+            Ok(room) => {
+                self.full.store(false, Ordering::Relaxed);
+                self.route(Pending::new(queued, Ack::Memory, room))
+                    .map_err(|_| WebhookError::UnknownReceiver)
+            }
+            Err(_) => {
+                if !self.full.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(%app, max_pending = self.max_pending, "webhook backlog full; events are dropped until it drains");
+                }
+                Err(WebhookError::BacklogFull)
+            }
         };
-        if refused {
-            self.metrics.queue_failures.with_label_values(&[&app]).inc();
-            tracing::warn!(%app, "webhook backlog full or receiver unknown; event dropped");
+        match &result {
+            Ok(()) => self.metrics.queued.with_label_values(&[&app]).inc(),
+            Err(_) => self.metrics.queue_failures.with_label_values(&[&app]).inc(),
         }
+        result
     }
 
-    /// Hands an event to its receiver's task, waiting while it is busy
-    /// (the JetStream consumer: the stream keeps the rest meanwhile).
-    pub(crate) async fn route_waiting(&self, pending: Pending) {
+    /// Waits until this process may hold another event, then reserves room
+    /// for as many more as are free, up to `most` (what the JetStream
+    /// consumer pulls next).
+    pub(crate) async fn room_for(&self, most: usize) -> Vec<OwnedSemaphorePermit> {
+        let first = self.room.clone().acquire_owned().await;
+        let first = first.expect("the room semaphore is never closed");
+        let mut room = vec![first];
+        while room.len() < most {
+            match self.room.clone().try_acquire_owned() {
+                Ok(permit) => room.push(permit),
+                Err(_) => break,
+            }
+        }
+        room
+    }
+
+    /// Hands an event to its receiver's task; gives it back if that
+    /// receiver is not (or no longer) configured.
+    pub(crate) fn route(&self, pending: Pending) -> Result<(), Box<Pending>> {
         let key = (pending.queued.app_id.clone(), pending.queued.target);
         match self.targets.get(&key) {
-            Some(tx) => {
-                let _ = tx.send(pending).await;
-            }
-            None => {
-                tracing::warn!(app = %key.0, target = key.1, "webhook for a receiver that is no longer configured; dropped");
-                if let Ack::JetStream(m) = &pending.ack {
-                    let _ = m.ack_with(AckKind::Term).await;
-                }
-            }
+            Some(tx) => tx.send(pending).map_err(|e| Box::new(e.0)),
+            None => Err(Box::new(pending)),
         }
     }
 }
@@ -116,39 +152,91 @@ struct Target {
     client: reqwest::Client,
     dead: Arc<DeadLetters>,
     metrics: Arc<WebhookMetrics>,
-    keep_alive: Option<Duration>,
 }
 
-/// The events a receiver's task holds, oldest first.
-#[derive(Default)]
-struct Backlog {
-    queue: VecDeque<Pending>,
-    /// Stream sequences held, to drop a redelivery of one we still have.
-    sequences: HashSet<u64>,
+/// A receiver's task's side of what it is handed: the channel, the backlog
+/// it is moved into, and the keep-alive clock of the events held.
+struct Inbox {
+    rx: mpsc::UnboundedReceiver<Pending>,
+    open: bool,
+    backlog: Backlog,
+    keep_alive: Interval,
+    metrics: Arc<WebhookMetrics>,
 }
 
-impl Backlog {
-    fn accept(&mut self, pending: Pending, metrics: &WebhookMetrics) {
-        if let Some(seq) = pending.ack.sequence() {
-            if !self.sequences.insert(seq) {
-                return;
-            }
+impl Inbox {
+    fn new(
+        rx: mpsc::UnboundedReceiver<Pending>,
+        keep_alive: Option<Duration>,
+        delivery: &WebhookDelivery,
+        metrics: Arc<WebhookMetrics>,
+    ) -> Self {
+        // Standalone has nothing to keep alive and no redeliveries.
+        let period = keep_alive.unwrap_or(Duration::from_secs(3600));
+        Self {
+            rx,
+            open: true,
+            backlog: Backlog::new(period * REMEMBER_SENT, delivery.max_pending),
+            keep_alive: tokio::time::interval(period),
+            metrics,
         }
-        metrics
-            .pending
-            .with_label_values(&[&pending.queued.app_id])
-            .inc();
-        self.queue.push_back(pending);
     }
 
-    fn release(&mut self, pending: &Pending, metrics: &WebhookMetrics) {
-        if let Some(seq) = pending.ack.sequence() {
-            self.sequences.remove(&seq);
+    /// Drives `until` to completion while taking in new events and keeping
+    /// the held ones alive.
+    async fn during<F: Future>(&mut self, until: F) -> F::Output {
+        tokio::pin!(until);
+        loop {
+            if let Some(output) = self.step(&mut until).await {
+                return output;
+            }
         }
-        metrics
-            .pending
-            .with_label_values(&[&pending.queued.app_id])
-            .dec();
+    }
+
+    /// Waits for the first of: `until` completing (its output), an event
+    /// arriving, the keep-alive period.
+    async fn step<F: Future + Unpin>(&mut self, until: &mut F) -> Option<F::Output> {
+        tokio::select! {
+            output = until => Some(output),
+            pending = self.rx.recv(), if self.open => {
+                match pending {
+                    Some(pending) => {
+                        if let Some(redelivered) = self.backlog.accept(pending, &self.metrics) {
+                            redelivered.ack.done().await;
+                        }
+                    }
+                    None => self.open = false,
+                }
+                None
+            }
+            _ = self.keep_alive.tick() => {
+                self.backlog.keep_alive().await;
+                None
+            }
+        }
+    }
+
+    /// Waits until something is held; false once the channel closed and
+    /// nothing is left.
+    async fn wait_for_events(&mut self) -> bool {
+        while self.backlog.is_empty() {
+            if !self.open {
+                return false;
+            }
+            self.step(&mut std::future::pending::<()>()).await;
+        }
+        true
+    }
+
+    /// Lets a batch fill for `window` or until `size` events are held.
+    async fn fill(&mut self, size: usize, window: Duration) {
+        let deadline = sleep(window);
+        tokio::pin!(deadline);
+        while self.open && self.backlog.len() < size {
+            if self.step(&mut deadline).await.is_some() {
+                break;
+            }
+        }
     }
 }
 
@@ -186,92 +274,48 @@ impl Target {
         }
     }
 
-    async fn keep_alive_all<'a>(held: impl Iterator<Item = &'a Pending>) {
-        for pending in held {
-            pending.ack.in_progress().await;
-        }
-    }
-
-    async fn run(self, mut rx: mpsc::Receiver<Pending>) {
+    /// Delivers what `inbox` is handed until its channel closes.
+    async fn run(self, mut inbox: Inbox) {
         let app = self.app.id.clone();
-        let metrics = self.metrics.clone();
-        let mut backlog = Backlog::default();
         let mut backoff = FIRST_BACKOFF;
-        let mut open = true;
-        let mut keep_alive =
-            tokio::time::interval(self.keep_alive.unwrap_or(Duration::from_secs(3600)));
-        loop {
-            if backlog.queue.is_empty() {
-                tokio::select! {
-                    pending = rx.recv(), if open => match pending {
-                        Some(p) => backlog.accept(p, &metrics),
-                        None => open = false,
-                    },
-                    _ = keep_alive.tick() => {}
-                }
-                if !open && backlog.queue.is_empty() {
-                    return;
-                }
-                continue;
-            }
-            // Let a fresh batch fill for the batch window.
-            let deadline = Instant::now() + self.delivery.batch_window;
-            while open && backlog.queue.len() < self.delivery.batch_size {
-                tokio::select! {
-                    pending = rx.recv() => match pending {
-                        Some(p) => backlog.accept(p, &metrics),
-                        None => open = false,
-                    },
-                    _ = sleep_until(deadline) => break,
-                }
-            }
-            let take = backlog.queue.len().min(self.delivery.batch_size);
-            let batch: Vec<Pending> = backlog.queue.drain(..take).collect();
-            let events: Vec<WebhookEvent> = batch.iter().map(|p| p.queued.event.clone()).collect();
-            let post = self.post(&events);
-            tokio::pin!(post);
-            let result = loop {
-                tokio::select! {
-                    result = &mut post => break result,
-                    _ = keep_alive.tick() => {
-                        Self::keep_alive_all(batch.iter().chain(&backlog.queue)).await;
-                    }
-                }
-            };
+        while inbox.wait_for_events().await {
+            inbox
+                .fill(self.delivery.batch_size, self.delivery.batch_window)
+                .await;
+            // The batch stays in the backlog (kept alive) while it is posted.
+            let take = inbox.backlog.len().min(self.delivery.batch_size);
+            let events = inbox.backlog.front_events(take);
+            let result = inbox.during(self.post(&events)).await;
+            let batch = inbox.backlog.take_front(take);
             match result {
                 Ok(()) => {
-                    let now = unix_millis();
-                    for pending in &batch {
-                        pending.ack.done().await;
-                        backlog.release(pending, &metrics);
-                        let lag = now.saturating_sub(pending.queued.queued_ms) as f64 / 1000.0;
-                        metrics.lag.with_label_values(&[&app]).observe(lag);
-                    }
-                    metrics
-                        .sent
-                        .with_label_values(&[&app])
-                        .inc_by(batch.len() as u64);
+                    self.delivered(batch, &mut inbox.backlog).await;
                     backoff = FIRST_BACKOFF;
                 }
                 Err(error) => {
                     tracing::warn!(%app, url = %self.url, events = batch.len(), %error, retry_in = ?backoff, "webhook request failed");
-                    self.fail(batch, &error, &mut backlog).await;
-                    // Back off; meanwhile take new events and keep held ones alive.
-                    let until = Instant::now() + backoff;
-                    loop {
-                        tokio::select! {
-                            pending = rx.recv(), if open => match pending {
-                                Some(p) => backlog.accept(p, &metrics),
-                                None => open = false,
-                            },
-                            _ = keep_alive.tick() => Self::keep_alive_all(backlog.queue.iter()).await,
-                            _ = sleep_until(until) => break,
-                        }
-                    }
+                    self.fail(batch, &error, &mut inbox.backlog).await;
+                    inbox.during(sleep(backoff)).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
+    }
+
+    /// A batch the receiver accepted: acknowledged and let go of.
+    async fn delivered(&self, batch: Vec<Pending>, backlog: &mut Backlog) {
+        let app = &self.app.id;
+        let now = unix_millis();
+        for pending in &batch {
+            pending.ack.done().await;
+            backlog.release(pending, &self.metrics);
+            let lag = now.saturating_sub(pending.queued.queued_ms) as f64 / 1000.0;
+            self.metrics.lag.with_label_values(&[app]).observe(lag);
+        }
+        self.metrics
+            .sent
+            .with_label_values(&[app])
+            .inc_by(batch.len() as u64);
     }
 
     /// A failed batch: events past their retry window become dead letters,
@@ -285,7 +329,7 @@ impl Target {
             pending.last_error = error.to_string();
             if now.saturating_sub(pending.queued.queued_ms) < window {
                 self.metrics.retries.with_label_values(&[app]).inc();
-                backlog.queue.push_front(pending);
+                backlog.put_back(pending);
                 continue;
             }
             let letter = DeadLetter {
@@ -307,9 +351,53 @@ impl Target {
                 }
                 Err(e) => {
                     tracing::warn!(%app, error = %e, "storing a dead letter failed; the event stays queued");
-                    backlog.queue.push_front(pending);
+                    backlog.put_back(pending);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_config::{Config, WebhookConfig};
+    use herald_metrics::Metrics;
+    use herald_protocol::webhook::WebhookKind;
+
+    #[tokio::test]
+    async fn standalone_drops_and_counts_what_exceeds_max_pending() {
+        let mut app = AppConfig::new("shop", "key", "secret");
+        // Nothing listens on the discard port: every request fails, nothing drains.
+        app.webhooks.push(WebhookConfig {
+            url: "http://127.0.0.1:9/hook".into(),
+            events: Vec::new(),
+        });
+        let config = Config {
+            webhook_max_pending: 3,
+            ..Config::default()
+        };
+        let metrics = Arc::new(WebhookMetrics::register(&Metrics::new()));
+        let dead = Arc::new(DeadLetters::in_memory());
+        let sender = Sender::start(
+            &[Arc::new(app)],
+            &config.webhook_delivery(),
+            dead,
+            metrics.clone(),
+            None,
+        )
+        .unwrap();
+        let offer = |channel: &str| {
+            sender.offer(Queued {
+                app_id: "shop".into(),
+                target: 0,
+                queued_ms: unix_millis(),
+                event: WebhookEvent::new(WebhookKind::ChannelOccupied, channel, None),
+            })
+        };
+        let results: Vec<bool> = (0..5).map(|i| offer(&format!("c{i}")).is_ok()).collect();
+        assert_eq!(results, [true, true, true, false, false]);
+        assert_eq!(metrics.queued.with_label_values(&["shop"]).get(), 3);
+        assert_eq!(metrics.queue_failures.with_label_values(&["shop"]).get(), 2);
     }
 }
