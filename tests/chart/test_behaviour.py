@@ -22,7 +22,8 @@ TOP_LEVEL_KEYS = {
     "bind", "metrics_bind", "activity_timeout", "pong_timeout", "max_message_bytes", "outbox_capacity",
     "write_timeout", "header_timeout", "body_timeout", "max_connections_per_ip", "trusted_proxies",
     "drain_window", "shutdown_timeout", "webhook_hold_back_ms", "webhook_batch_ms",
-    "webhook_batch_size", "webhook_timeout_ms", "webhook_retry_window_secs", "nats", "apps",
+    "webhook_batch_size", "webhook_timeout_ms", "webhook_retry_window_secs", "webhook_max_pending",
+    "max_connections", "nats", "apps",
 }
 NATS_KEYS = {
     "servers", "user", "password", "token", "nkey_seed", "credentials_file", "tls_ca", "tls_cert", "tls_key",
