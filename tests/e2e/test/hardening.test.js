@@ -3,13 +3,7 @@
 // is counted, and leaves every other connection working.
 const net = require('node:net');
 const h = require('./harness');
-const { assert, test } = h;
-
-async function metric(server, line) {
-  const text = await (await fetch(`${server.metricsUrl}/metrics`)).text();
-  const found = text.split('\n').find((l) => l.startsWith(line));
-  return found ? Number(found.split(' ').pop()) : 0;
-}
+const { assert, test, metricLine: metric } = h;
 
 test('secret rotation: signatures made with previous_secret and with secret are both accepted, others are not', async () => {
   const app = { ...h.APP, secret: 'new-secret', previous_secret: 'old-secret' };

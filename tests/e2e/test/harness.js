@@ -1011,7 +1011,15 @@ function customAuthOptions(server, userId, userInfo) {
   };
 }
 
+/** The value of the first line of a server's /metrics that starts with `line` (0 when absent). */
+async function metricLine(server, line) {
+  const text = await (await fetch(`${server.metricsUrl}/metrics`)).text();
+  const found = text.split('\n').find((l) => l.startsWith(line));
+  return found ? Number(found.split(' ').pop()) : 0;
+}
+
 module.exports = {
+  metricLine,
   withHeraldUrls,
   runInvalidConfig,
   APP,

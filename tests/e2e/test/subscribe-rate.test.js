@@ -3,13 +3,7 @@
 // max_subscriptions_per_connection): a flooding socket gets 429 for the excess and stays open, other clients keep
 // subscribing, and a real pusher-js page that subscribes to many channels and reconnects never hits it.
 const h = require('./harness');
-const { assert, test } = h;
-
-async function metric(server, line) {
-  const text = await (await fetch(`${server.metricsUrl}/metrics`)).text();
-  const found = text.split('\n').find((l) => l.startsWith(line));
-  return found ? Number(found.split(' ').pop()) : 0;
-}
+const { assert, test, metricLine: metric } = h;
 
 const RATE_REFUSALS = `herald_limit_rejections_total{app="${h.APP.id}",limit="subscribe_rate"}`;
 
