@@ -74,6 +74,10 @@ pub struct KvSettings {
     pub metrics: KvMetrics,
 }
 
+/// A dead node's key as this node's watch last applied it: removed only if
+/// it still has this revision (the node may have come back and rewritten it).
+type Stale = (String, u64);
+
 /// What the watchers, the keep-alive task and the writers share.
 struct Inner {
     shared: Arc<Shared>,
@@ -95,7 +99,7 @@ struct Inner {
     /// Whether this node's last heartbeat was accepted by NATS.
     beating: AtomicBool,
     /// Dead nodes whose keys are still to be deleted, and when they died.
-    cleanups: Mutex<HashMap<String, (Instant, Vec<Change>)>>,
+    cleanups: Mutex<HashMap<String, (Instant, Vec<Stale>)>>,
     client: async_nats::Client,
     /// This node's dirty entries and their writes.
     writer: Writer,

@@ -4,7 +4,7 @@
 //! here changes the buckets; reading them back is the watch's job.
 
 use super::keys::{encode, heartbeat_key};
-use super::{Inner, APPLY_TIMEOUT, MARKER_TTL};
+use super::{Inner, Stale, APPLY_TIMEOUT, MARKER_TTL};
 use crate::local::Entry;
 use crate::{Change, StateError};
 use async_nats::jetstream::kv::{self, Store};
@@ -167,15 +167,27 @@ impl Inner {
             "node is gone; its members were removed"
         );
         self.settings.metrics.nodes_removed.inc();
+        let applied = self.applied_keys.lock();
+        let stale = removals
+            .iter()
+            .filter_map(|removal| {
+                let key = encode(removal).0;
+                applied.get(&key).map(|revision| (key, *revision))
+            })
+            .collect();
+        drop(applied);
         self.cleanups
             .lock()
-            .insert(node.to_owned(), (Instant::now(), removals));
+            .insert(node.to_owned(), (Instant::now(), stale));
     }
 
     /// Deletes dead nodes' keys if this node is the lowest live one. Every
     /// node remembers the deaths it saw for a while, so when the node that
     /// should clean up died too, the next one in line still does it; a
-    /// failed delete stays pending and is retried on the next beat.
+    /// failed delete stays pending and is retried on the next beat. A key is
+    /// deleted only at the revision seen when its node died: one the node
+    /// wrote again after coming back (a fast restart with the same id) is
+    /// left alone, by this check and by the store's own revision check.
     async fn clean_up_dead_nodes(&self) {
         let keep_for = self.settings.node_ttl * 3;
         if !self.liveness.is_lowest_live(&self.shared.node) {
@@ -184,19 +196,33 @@ impl Inner {
                 .retain(|_, (at, _)| at.elapsed() < keep_for);
             return;
         }
-        let pending: Vec<(String, (Instant, Vec<Change>))> = self.cleanups.lock().drain().collect();
-        for (node, (at, removals)) in pending {
+        let pending: Vec<(String, (Instant, Vec<Stale>))> = self.cleanups.lock().drain().collect();
+        for (node, (at, stale)) in pending {
             let mut failed = Vec::new();
-            for removal in removals {
-                if let Err(e) = self.write(&removal).await {
-                    tracing::warn!(node, error = %e, "deleting a dead node's key failed; will retry");
-                    failed.push(removal);
+            for (key, revision) in stale {
+                if !self.unchanged(&key, revision) {
+                    continue;
+                }
+                let purged = self
+                    .state
+                    .purge_expect_revision_with_ttl(&key, revision, MARKER_TTL)
+                    .await;
+                if let Err(e) = purged {
+                    if self.unchanged(&key, revision) {
+                        tracing::warn!(node, error = %e, "deleting a dead node's key failed; will retry");
+                        failed.push((key, revision));
+                    }
                 }
             }
             if !failed.is_empty() {
                 self.cleanups.lock().insert(node, (at, failed));
             }
         }
+    }
+
+    /// Whether this node's view still has `key` at `revision`.
+    fn unchanged(&self, key: &str, revision: u64) -> bool {
+        self.applied_keys.lock().get(key) == Some(&revision)
     }
 
     /// An entry of this node was removed: write it again if this node still holds it.
