@@ -131,3 +131,67 @@ async fn two_gateways_and_an_ingest_deliver_across_gateways() {
         herald.stop().await.unwrap();
     }
 }
+
+/// The ids of a presence channel's members, as the ingest's HTTP API lists them.
+async fn users(ingest: &Herald, channel: &str) -> Vec<String> {
+    let path = format!("/apps/{}/channels/{channel}/users", APP.0);
+    let (status, body) = ingest.api().request("GET", &path, &[], None).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let users: serde_json::Value = serde_json::from_str(&body).unwrap();
+    users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_own_key_the_gateway_does_not_hold_is_removed_within_two_node_ttls() {
+    let nats = Nats::start();
+    let gateway = Herald::start(Role::Gateway, config(Some(&nats)), "gw-a").await;
+    let ingest = Herald::start(Role::Ingest, config(Some(&nats)), "in-1").await;
+    // A member key in gw-a's name that gw-a never wrote (a previous life's
+    // entry arriving late, or a removal that was lost).
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let kv = async_nats::jetstream::new(client)
+        .get_key_value("herald-state")
+        .await
+        .unwrap();
+    let token = herald_protocol::token::encode_token;
+    let key = format!(
+        "m.{}.{}.{}.{}",
+        token(APP.0),
+        token("presence-ghost"),
+        token("ghost"),
+        token("gw-a")
+    );
+    kv.put(&key, r#"{"name":"ghost"}"#.into()).await.unwrap();
+    let seen = tokio::time::timeout(WAIT, async {
+        while users(&ingest, "presence-ghost").await.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the ghost never showed up at the ingest");
+    let appeared = std::time::Instant::now();
+    // node_ttl is 3 s by default: gone within 2 × node_ttl.
+    let gone = tokio::time::timeout(std::time::Duration::from_secs(6), async {
+        while !users(&ingest, "presence-ghost").await.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        gone.is_ok(),
+        "the ghost is still listed {:?} after it appeared",
+        appeared.elapsed()
+    );
+    assert!(
+        kv.get(&key).await.unwrap().is_none(),
+        "the key is still in the bucket"
+    );
+    for herald in [gateway, ingest] {
+        herald.stop().await.unwrap();
+    }
+}

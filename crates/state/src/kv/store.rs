@@ -126,22 +126,41 @@ impl Inner {
     /// it holds, and every entry the view still attributes to it but it no
     /// longer holds (a removal that never reached NATS), for writing.
     fn reassert_all(&self) {
-        let node = &self.shared.node;
-        let owned = self.shared.replica.view.read().owned_by(node);
-        let local = self.shared.local.lock();
-        let stale: Vec<Entry> = owned
-            .iter()
-            .filter_map(Entry::of)
-            .filter(|entry| !local.holds(entry))
-            .collect();
-        let held = local.entries();
-        drop(local);
+        let stale = self.stale_own_entries();
+        let held = self.shared.local.lock().entries();
         tracing::info!(
             entries = held.len(),
             stale = stale.len(),
             "re-asserting this node's entries"
         );
         for entry in stale.into_iter().chain(held) {
+            self.writer.mark(entry, true);
+        }
+    }
+
+    /// Entries the view attributes to this node that it does not hold: a
+    /// removal that never reached NATS, or keys of a previous life of this
+    /// node id that arrived after startup.
+    fn stale_own_entries(&self) -> Vec<Entry> {
+        let owned = self.shared.replica.view.read().owned_by(&self.shared.node);
+        let local = self.shared.local.lock();
+        owned
+            .iter()
+            .filter_map(Entry::of)
+            .filter(|entry| !local.holds(entry))
+            .collect()
+    }
+
+    /// Marks this node's stale entries for removal (see `keep_alive`).
+    fn remove_stale_own_entries(&self) {
+        let stale = self.stale_own_entries();
+        if !stale.is_empty() {
+            tracing::info!(
+                entries = stale.len(),
+                "removing entries this node does not hold"
+            );
+        }
+        for entry in stale {
             self.writer.mark(entry, true);
         }
     }
@@ -245,6 +264,7 @@ impl Inner {
         let mut failing = false;
         // Set when the store may lack this node's entries; retried every beat.
         let mut reassert = false;
+        let mut beats: u64 = 0;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(beat) => {}
@@ -258,6 +278,12 @@ impl Inner {
             }
             if reassert && self.start_reassert() {
                 reassert = false;
+            }
+            // Once per node_ttl: an own key this node does not hold is gone
+            // within two node_ttl of appearing.
+            beats += 1;
+            if beats.is_multiple_of(3) {
+                self.remove_stale_own_entries();
             }
             if self.liveness.watch_healthy(&self.shared.node) {
                 self.sweep().await;
