@@ -107,10 +107,6 @@ pub async fn run(
     // theirs when they are built.
     let metrics = Arc::new(Metrics::new());
     let kv_metrics = KvMetrics::register(&metrics);
-    // A node cut off from the cluster state must leave the load balancer:
-    // its heartbeats no longer count, so its peers drop its members.
-    let kv_healthy = kv_metrics.healthy.clone();
-    metrics.ready_only_when(move || kv_healthy.get() == 1);
     let webhook_metrics = Arc::new(WebhookMetrics::register(&metrics));
     for app in &apps {
         metrics.init_app(&app.id);

@@ -51,12 +51,7 @@ pub struct Metrics {
     /// Failed `accept` calls, by listener (client, tls, admin); see [`AcceptBackoff`].
     accept_errors: IntCounterVec,
     admin_routes: std::sync::OnceLock<Arc<dyn AdminRoutes>>,
-    /// Further conditions of readiness, from the concerns that own them.
-    ready_checks: parking_lot::RwLock<Vec<ReadyCheck>>,
 }
-
-/// A condition `/readyz` requires (e.g. the cluster state is reachable).
-type ReadyCheck = Box<dyn Fn() -> bool + Send + Sync>;
 
 /// A response of an extra admin endpoint: status, content type, body.
 pub type AdminResponse = (StatusCode, &'static str, String);
@@ -185,7 +180,6 @@ impl Metrics {
             )
             .expect("valid metric"),
             admin_routes: std::sync::OnceLock::new(),
-            ready_checks: parking_lot::RwLock::default(),
         };
         core.add(core.auth_failures.clone());
         core.add(core.limit_rejections.clone());
@@ -224,17 +218,12 @@ impl Metrics {
         }
     }
 
-    /// Makes readiness also require `check` (added by the concern it is about).
-    pub fn ready_only_when(&self, check: impl Fn() -> bool + Send + Sync + 'static) {
-        self.ready_checks.write().push(Box::new(check));
-    }
-
-    /// Ready to take traffic: listening, not draining, bus connected, and
-    /// every added check passing.
+    /// Ready to take traffic: listening, not draining, bus connected. The
+    /// cluster state's health is not a condition: while JetStream elects
+    /// leaders every node would turn unready at once, though events still
+    /// flow; a node cut off from NATS is caught by the bus (pings).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
-            && self.bus_connected.get() == 1
-            && self.ready_checks.read().iter().all(|check| check())
+        self.ready.load(Ordering::SeqCst) && self.bus_connected.get() == 1
     }
 
     /// The Prometheus text exposition of every metric.
