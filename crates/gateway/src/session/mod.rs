@@ -11,6 +11,7 @@
 mod client_event;
 mod context;
 mod presence;
+mod refused;
 mod signin;
 mod subscribe;
 mod subscribe_rate;

@@ -6,7 +6,7 @@
 //! rules are Pusher's, not the subscription flow's, hence their own module.
 
 use super::context::Context;
-use super::subscribe::Refused;
+use super::refused::Refused;
 use super::{user_id_of, User, MAX_USER_ID_LEN};
 use herald_protocol::message;
 use herald_state::JoinError;

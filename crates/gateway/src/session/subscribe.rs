@@ -9,6 +9,7 @@
 
 use super::context::Context;
 use super::presence::{self, Member};
+use super::refused::Refused;
 use super::subscribe_rate::SubscribeRate;
 use super::{Subscription, Subscriptions, User};
 use herald_protocol::channel::ChannelKind;
@@ -16,52 +17,23 @@ use herald_protocol::message::{self, Subscribe};
 use herald_protocol::webhook::{WebhookEvent, WebhookKind};
 use herald_protocol::{auth, ChannelName};
 
-/// A refused subscription, answered with `pusher:subscription_error`.
-pub(super) struct Refused {
-    /// The error `type` (`AuthError`, `LimitReached`, `InvalidChannel`).
-    pub(super) kind: &'static str,
-    pub(super) error: String,
-    pub(super) status: u16,
-    /// The `herald_limit_rejections_total` label it counts under, unless
-    /// it is a refused signature (401).
-    limit: &'static str,
-}
-
-impl Refused {
-    pub fn new(kind: &'static str, error: impl Into<String>, status: u16) -> Self {
-        Self {
-            kind,
-            error: error.into(),
-            status,
-            limit: "subscription",
-        }
+/// Counts, logs and answers a refused subscription.
+fn report(refused: &Refused, cx: &Context<'_>, channel: &str) {
+    if refused.status == 401 {
+        cx.count_auth_failure("channel");
+    } else {
+        cx.count_limit(refused.limit);
     }
-
-    /// A `LimitReached` refusal counted under a `limit` label of its own.
-    pub fn over_limit(limit: &'static str, error: impl Into<String>, status: u16) -> Self {
-        Self {
-            limit,
-            ..Self::new("LimitReached", error, status)
-        }
-    }
-
-    fn report(&self, cx: &Context<'_>, channel: &str) {
-        if self.status == 401 {
-            cx.count_auth_failure("channel");
-        } else {
-            cx.count_limit(self.limit);
-        }
-        let error = self.error.as_str();
-        tracing::debug!(socket_id = %cx.peer.socket_id(), channel, error, "subscription refused");
-        // Pusher itself answers a bad signature with a channel-less `pusher:error`;
-        // `pusher:subscription_error` on the channel reaches Echo's `.error()`.
-        cx.send_text(&message::subscription_error(
-            channel,
-            self.kind,
-            error,
-            self.status,
-        ));
-    }
+    let error = refused.error.as_str();
+    tracing::debug!(socket_id = %cx.peer.socket_id(), channel, error, "subscription refused");
+    // Pusher itself answers a bad signature with a channel-less `pusher:error`;
+    // `pusher:subscription_error` on the channel reaches Echo's `.error()`.
+    cx.send_text(&message::subscription_error(
+        channel,
+        refused.kind,
+        error,
+        refused.status,
+    ));
 }
 
 /// Handles `pusher:subscribe`; returns whether it authorized the connection
@@ -82,7 +54,7 @@ pub(super) async fn subscribe(
     match outcome {
         Ok(authorized) => authorized,
         Err(refused) => {
-            refused.report(cx, channel);
+            report(&refused, cx, channel);
             false
         }
     }

@@ -9,7 +9,7 @@
 //! (`max_subscriptions_per_connection`) in one burst; after that the budget
 //! refills at `max_subscribes_per_second`.
 
-use super::subscribe::Refused;
+use super::refused::Refused;
 use herald_config::AppConfig;
 use herald_protocol::rate::TokenBucket;
 use std::time::Instant;
