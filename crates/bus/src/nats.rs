@@ -48,8 +48,10 @@ pub async fn connect(
         // pings: after two intervals the client drops the connection and the
         // node turns unready. async-nats' default interval is 60 s.
         .ping_interval(PING_INTERVAL)
+        // At most 1 s between attempts: when NATS comes back, delivery
+        // resumes within about a second (plus the handshake).
         .reconnect_delay_callback(|attempt| {
-            Duration::from_millis((attempt as u64 * 100).min(2000))
+            Duration::from_millis((attempt as u64 * 100).min(1000))
         });
     if let Some(path) = &settings.credentials_file {
         options = options
