@@ -377,8 +377,11 @@ test('randomized joins / leaves / disconnects / reconnects over 3 gateways conve
     if (others.length) bad.push(`observer on gateway ${o.g} ${o.channel}: unexpected events ${JSON.stringify(others)}`);
   }
   assert.deepEqual(bad, [], `member_added / member_removed sequences (seed ${SEED})`);
-  // and nothing moved after convergence
-  assert.deepEqual([...observerProblems(), ...(await ingestProblems(sdk, expected))], [], `state after the checks (seed ${SEED})`);
+  // and nothing moved after convergence: the probes' own subscribe and close are counts, which the gateways
+  // publish coalesced (at most every 100 ms per channel, docs/presence.md), so the ingest may need that long
+  const state = async () => [...observerProblems(), ...(await ingestProblems(sdk, expected))];
+  await converges(state, CONVERGE_MS, `state after the checks (seed ${SEED})`);
+  assert.deepEqual(await state(), [], `state after the checks (seed ${SEED})`);
 });
 
 // ---------------------------------------------------------------------------------------------------------
