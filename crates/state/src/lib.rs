@@ -363,10 +363,6 @@ impl ChannelState {
         self.view().cache(app, channel, unix_millis(), CACHE_TTL_MS)
     }
 
-    pub fn presence_data(&self, app: &str, channel: &str) -> serde_json::Value {
-        self.view().presence_data(app, channel)
-    }
-
     /// Runs `send` with the channel's member list while no transition can be
     /// told: whatever `send` queues lands after every `member_added` and
     /// `member_removed` the list reflects, and before any it does not.
