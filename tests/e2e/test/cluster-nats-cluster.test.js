@@ -128,7 +128,8 @@ async function failover(urls) {
     // keep triggering right through the failover, until A is on a surviving server (its /connz), and 3 more
     let n = 1;
     let movedAt;
-    while (n < 60) {
+    // bounded by count and by time: a fast machine sends 60 triggers before the client's reconnect delay is up
+    while (n < 60 || (movedAt === undefined && Date.now() - t0 < 15000)) {
       await triggerAndExpect(n++);
       if (movedAt === undefined && (await serverOf(survivors, gwA.natsName))) movedAt = n;
       if (movedAt !== undefined && n >= movedAt + 3) break;
