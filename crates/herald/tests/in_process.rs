@@ -195,3 +195,118 @@ async fn an_own_key_the_gateway_does_not_hold_is_removed_within_two_node_ttls() 
         herald.stop().await.unwrap();
     }
 }
+
+/// Keys of the state bucket under `prefix` that hold a value: the last
+/// message of each subject, less delete and purge markers. (`Store::keys`
+/// was seen to stop early on a bucket of 100,000 keys.)
+async fn live_keys(js: &async_nats::jetstream::Context, prefix: &str) -> usize {
+    use async_nats::jetstream::consumer::{push::OrderedConfig, DeliverPolicy};
+    let stream = js.get_stream("KV_herald-state").await.expect("stream");
+    let mut consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_subject: js.client().new_inbox(),
+            filter_subject: format!("$KV.herald-state.{prefix}>"),
+            headers_only: true,
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let pending = consumer.info().await.expect("consumer info").num_pending;
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut live = 0;
+    for _ in 0..pending {
+        let message = tokio::time::timeout(WAIT, messages.next())
+            .await
+            .expect("listing keys within the wait")
+            .expect("listing ended early")
+            .expect("listing failed");
+        let marker = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("KV-Operation"))
+            .is_some();
+        live += usize::from(!marker);
+    }
+    live
+}
+
+#[tokio::test]
+async fn a_restart_with_the_same_node_id_clears_100_000_keys_of_its_previous_life_within_5_s() {
+    const KEYS: usize = 100_000;
+    let nats = Nats::start();
+    // The first life creates the buckets; what it leaves behind is written
+    // below. It runs on a runtime of its own, dropped after it stops, so
+    // none of its background tasks outlives it (as a process exit would).
+    let first_config = config(Some(&nats));
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            Herald::start(Role::Gateway, first_config, "gw-a")
+                .await
+                .stop()
+                .await
+                .unwrap();
+        });
+    })
+    .join()
+    .unwrap();
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let token = herald_protocol::token::encode_token;
+    // 100,000 members of gw-a (a crash with that many), written pipelined.
+    let mut acks = Vec::with_capacity(1024);
+    for i in 0..KEYS {
+        let key = format!(
+            "m.{}.{}.{}.{}",
+            token(APP.0),
+            token(&format!("presence-{}", i % 100)),
+            token(&format!("user-{i}")),
+            token("gw-a")
+        );
+        acks.push(
+            js.publish(format!("$KV.herald-state.{key}"), r#"{"n":1}"#.into())
+                .await
+                .unwrap(),
+        );
+        if acks.len() == 1024 || i == KEYS - 1 {
+            for ack in acks.drain(..) {
+                ack.await.unwrap();
+            }
+        }
+    }
+    assert_eq!(live_keys(&js, "m.").await, KEYS);
+
+    let started = std::time::Instant::now();
+    let gateway = Herald::start(Role::Gateway, config(Some(&nats)), "gw-a").await;
+    let ready = started.elapsed();
+    // A member of this life joins: it is the one key that must remain.
+    let (mut ws, socket_id) = connect(gateway.addr, APP.1, 0).await.unwrap();
+    let data = r#"{"user_id":"alive","user_info":{}}"#;
+    let auth = herald_protocol::auth::token(
+        APP.1,
+        APP.2,
+        &herald_protocol::auth::channel_string_to_sign(&socket_id, "presence-0", Some(data)),
+    );
+    subscribe(&mut ws, "presence-0", Some(auth), Some(data.into()))
+        .await
+        .unwrap();
+    // A listing shows the bucket as of its start, so that is when it counts.
+    let cleared_at = tokio::time::timeout(WAIT, async {
+        loop {
+            let at = started.elapsed();
+            if live_keys(&js, "m.").await == 1 {
+                return at;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the bucket never came down to the one live member");
+    println!("ready after {ready:?}, {KEYS} stale keys cleared {cleared_at:?} after start");
+    assert!(
+        cleared_at <= std::time::Duration::from_secs(5),
+        "the bucket came down to the one live member {cleared_at:?} after the restart (ready after {ready:?}); the bound is 5 s"
+    );
+    gateway.stop().await.unwrap();
+}

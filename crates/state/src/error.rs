@@ -20,6 +20,7 @@ pub enum StateError {
     Put(#[from] kv::PutError),
     #[error(transparent)]
     Purge(#[from] kv::PurgeError),
+    /// A heartbeat or a pipelined removal was refused.
     #[error(transparent)]
-    Heartbeat(#[from] context::PublishError),
+    Publish(#[from] context::PublishError),
 }

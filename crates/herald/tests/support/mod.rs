@@ -121,9 +121,12 @@ impl Herald {
 
     async fn wait_ready(&self) {
         let url = format!("http://{}/readyz", self.admin);
+        // One client for all polls: building one loads the system's root
+        // certificates, which in a debug build costs more than a poll.
+        let http = reqwest::Client::new();
         let ready = tokio::time::timeout(WAIT, async {
             loop {
-                if let Ok(r) = reqwest::get(&url).await {
+                if let Ok(r) = http.get(&url).send().await {
                     if r.status() == 200 {
                         return;
                     }

@@ -164,21 +164,7 @@ impl KvStore {
         // Serve nothing before the existing entries are in the view.
         watch::wait_applied(&inner.state_applied, lasts[0]).await;
         watch::wait_applied(&inner.cache_applied, lasts[1]).await;
-        let stale = inner
-            .shared
-            .replica
-            .view
-            .read()
-            .owned_by(&inner.shared.node);
-        if !stale.is_empty() {
-            tracing::info!(
-                entries = stale.len(),
-                "removing entries left by a previous run of this node id"
-            );
-            for removal in stale {
-                inner.write(&removal).await?;
-            }
-        }
+        inner.remove_previous_life().await?;
         tokio::spawn(inner.clone().keep_alive());
         tokio::spawn(inner.clone().flush());
         Ok(Self { inner })

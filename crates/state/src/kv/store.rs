@@ -10,11 +10,15 @@ use crate::{Change, StateError};
 use async_nats::jetstream::kv::{self, Store};
 use async_nats::jetstream::{stream, Context};
 use bytes::Bytes;
+use futures::StreamExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+/// Removals in flight at once when many keys go together.
+const PURGE_WINDOW: usize = 1024;
 
 pub(super) async fn open_bucket(
     js: &Context,
@@ -217,26 +221,97 @@ impl Inner {
         }
         let pending: Vec<(String, (Instant, Vec<Stale>))> = self.cleanups.lock().drain().collect();
         for (node, (at, stale)) in pending {
-            let mut failed = Vec::new();
-            for (key, revision) in stale {
-                if !self.unchanged(&key, revision) {
-                    continue;
-                }
-                let purged = self
-                    .state
-                    .purge_expect_revision_with_ttl(&key, revision, MARKER_TTL)
-                    .await;
-                if let Err(e) = purged {
-                    if self.unchanged(&key, revision) {
+            let stale = stale
+                .into_iter()
+                .filter(|(key, revision)| self.unchanged(key, *revision))
+                .collect();
+            let failed: Vec<Stale> = self
+                .purge_unchanged(stale)
+                .await
+                .into_iter()
+                .filter(|((key, revision), e)| {
+                    let retry = self.unchanged(key, *revision);
+                    if retry {
                         tracing::warn!(node, error = %e, "deleting a dead node's key failed; will retry");
-                        failed.push((key, revision));
                     }
-                }
-            }
+                    retry
+                })
+                .map(|(stale, _)| stale)
+                .collect();
             if !failed.is_empty() {
                 self.cleanups.lock().insert(node, (at, failed));
             }
         }
+    }
+
+    /// Removes, before this node serves, every entry a previous run of its
+    /// node id left in the view, and waits until the view no longer has
+    /// them. What fails is left to the periodic removal of stale entries.
+    pub(super) async fn remove_previous_life(&self) -> Result<(), StateError> {
+        let owned = self.shared.replica.view.read().owned_by(&self.shared.node);
+        if owned.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            entries = owned.len(),
+            "removing entries left by a previous run of this node id"
+        );
+        let stale: Vec<Stale> = {
+            let applied = self.applied_keys.lock();
+            owned
+                .iter()
+                .filter_map(|change| {
+                    let key = encode(change).0;
+                    applied.get(&key).map(|revision| (key, *revision))
+                })
+                .collect()
+        };
+        let failed = self.purge_unchanged(stale).await;
+        if let Some((_, e)) = failed.first() {
+            tracing::warn!(failed = failed.len(), error = %e, "removing a previous run's entries failed; retrying later");
+        }
+        let last = bucket_info(&self.js, &self.settings.state_bucket)
+            .await?
+            .state
+            .last_sequence;
+        super::watch::wait_applied(&self.state_applied, last).await;
+        Ok(())
+    }
+
+    /// Purges state keys, each only if it is still at the given revision,
+    /// [`PURGE_WINDOW`] at a time in flight (one node may leave 100,000
+    /// keys behind); returns those that failed. A key rewritten since
+    /// fails the revision check.
+    pub(super) async fn purge_unchanged(&self, keys: Vec<Stale>) -> Vec<(Stale, StateError)> {
+        let purges = keys.into_iter().map(|(key, revision)| async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("KV-Operation", "PURGE");
+            headers.insert(async_nats::header::NATS_ROLLUP, "sub");
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_TTL,
+                MARKER_TTL.as_secs().to_string().as_str(),
+            );
+            headers.insert(
+                async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+                revision.to_string().as_str(),
+            );
+            let subject = format!("$KV.{}.{key}", self.settings.state_bucket);
+            self.settings.metrics.writes.inc();
+            let acked = match self
+                .js
+                .publish_with_headers(subject, headers, Bytes::new())
+                .await
+            {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            acked.err().map(|e| ((key, revision), e.into()))
+        });
+        futures::stream::iter(purges)
+            .buffer_unordered(PURGE_WINDOW)
+            .filter_map(std::future::ready)
+            .collect()
+            .await
     }
 
     /// Whether this node's view still has `key` at `revision`.
