@@ -16,6 +16,8 @@ pub enum StateError {
         bucket: String,
         source: async_nats::Error,
     },
+    #[error("KV bucket {bucket} unavailable: no answer in time")]
+    TimedOut { bucket: String },
     #[error(transparent)]
     Put(#[from] kv::PutError),
     #[error(transparent)]
@@ -23,4 +25,12 @@ pub enum StateError {
     /// A heartbeat or a pipelined removal was refused.
     #[error(transparent)]
     Publish(#[from] context::PublishError),
+}
+
+impl StateError {
+    pub(crate) fn timed_out(bucket: &str) -> Self {
+        Self::TimedOut {
+            bucket: bucket.to_owned(),
+        }
+    }
 }

@@ -96,6 +96,8 @@ struct Inner {
     reassert: Notify,
     /// A re-assert is running (at most one at a time).
     reasserting: AtomicBool,
+    /// An attempt to re-create lost buckets is running (at most one).
+    reopening: AtomicBool,
     /// Whether this node's last heartbeat was accepted by NATS.
     beating: AtomicBool,
     /// Dead nodes whose keys are still to be deleted, and when they died.
@@ -152,12 +154,16 @@ impl KvStore {
             cleanups: Mutex::default(),
             beating: AtomicBool::new(false),
             reasserting: AtomicBool::new(false),
+            reopening: AtomicBool::new(false),
             client: client_for_state,
             liveness: Liveness::new(settings.node_ttl),
             reassert: Notify::new(),
             writer: Writer::default(),
         });
         inner.heartbeat().await?;
+        inner
+            .beating
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         inner.settings.metrics.healthy.set(1);
         watch::spawn_watcher(inner.clone(), false, state_tx);
         watch::spawn_watcher(inner.clone(), true, cache_tx);

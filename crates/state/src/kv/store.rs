@@ -88,7 +88,8 @@ impl Inner {
                         .is_some_and(|r| *r >= revision)
                 });
                 if tokio::time::timeout(APPLY_TIMEOUT, seen).await.is_err() {
-                    tracing::warn!(%key, revision, "KV write not seen by the watch in time");
+                    let late = format!("revision {revision} of {key}");
+                    self.kv_trouble(&store.name, "KV write not seen by the watch in time", &late);
                 }
                 self.settings
                     .metrics
@@ -98,6 +99,23 @@ impl Inner {
             }
             // A purge marker with a TTL, unlike a delete marker, does not stay forever.
             None => Ok(store.purge_with_ttl(&key, MARKER_TTL).await?),
+        }
+    }
+
+    /// How long a JetStream API request of the watch may take before it is
+    /// sent again: a beat (`node_ttl / 3`).
+    pub(super) fn api_wait(&self) -> Duration {
+        (self.settings.node_ttl / 3).max(Duration::from_millis(200))
+    }
+
+    /// Logs a KV failure: a warning while the heartbeats get through, at
+    /// debug level while the heartbeat has reported KV unavailable (that
+    /// outage has its one line already).
+    pub(super) fn kv_trouble(&self, bucket: &str, message: &str, error: &dyn std::fmt::Display) {
+        if self.beating.load(Ordering::Relaxed) {
+            tracing::warn!(bucket, %error, "{message}");
+        } else {
+            tracing::debug!(bucket, %error, "{message}");
         }
     }
 
@@ -132,7 +150,7 @@ impl Inner {
     fn reassert_all(&self) {
         let stale = self.stale_own_entries();
         let held = self.shared.local.lock().entries();
-        tracing::info!(
+        tracing::debug!(
             entries = held.len(),
             stale = stale.len(),
             "re-asserting this node's entries"
@@ -367,24 +385,27 @@ impl Inner {
     }
 
     /// Heartbeats once, reporting health; `failing` carries over between beats.
-    async fn beat(&self, failing: &mut bool) -> Beat {
+    /// One line per change of state: while JetStream is unavailable
+    /// (no quorum, a stream leader being elected, NATS down) nothing else
+    /// about KV is logged above debug level.
+    async fn beat(self: &Arc<Self>, failing: &mut bool) -> Beat {
         let result = self.heartbeat().await;
         self.beating.store(result.is_ok(), Ordering::Relaxed);
         self.settings.metrics.healthy.set(i64::from(result.is_ok()));
         match result {
             Ok(()) if *failing => {
                 *failing = false;
-                tracing::info!("KV reachable again");
+                tracing::info!("cluster state (JetStream KV) available again; re-asserting this node's entries");
                 self.liveness.restart();
                 Beat::Recovered
             }
             Ok(()) => Beat::Accepted,
             Err(e) => {
                 if !*failing {
-                    tracing::warn!(error = %e, "heartbeat failed");
+                    tracing::warn!(error = %e, "cluster state (JetStream KV) unavailable; presence is answered from this node's own view until it returns");
                 }
                 *failing = true;
-                self.reopen_buckets().await;
+                self.reopen_buckets_soon();
                 Beat::Failed
             }
         }
@@ -399,7 +420,6 @@ impl Inner {
         }
         let inner = self.clone();
         tokio::spawn(async move {
-            inner.reopen_buckets().await;
             // A write that fails asks for the next re-assert itself.
             inner.reassert_all();
             inner.reasserting.store(false, Ordering::SeqCst);
@@ -420,17 +440,27 @@ impl Inner {
         self.clean_up_dead_nodes().await;
     }
 
-    /// Re-creates the buckets if NATS lost them (restart without JetStream data).
-    async fn reopen_buckets(&self) {
-        let s = &self.settings;
-        let cache_ttl = Duration::from_millis(crate::CACHE_TTL_MS);
-        for (name, max_age) in [
-            (&s.state_bucket, Duration::ZERO),
-            (&s.cache_bucket, cache_ttl),
-        ] {
-            if let Err(e) = open_bucket(&self.js, name, s.replicas, max_age).await {
-                tracing::debug!(error = %e, "bucket not reopened yet");
-            }
+    /// Re-creates the buckets if NATS lost them (restart without JetStream
+    /// data), in the background and one attempt at a time: while a stream
+    /// leader is being elected these requests wait for their timeout, and
+    /// the heartbeats must go on meanwhile to notice the new leader.
+    fn reopen_buckets_soon(self: &Arc<Self>) {
+        if self.reopening.swap(true, Ordering::SeqCst) {
+            return;
         }
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let s = &inner.settings;
+            let cache_ttl = Duration::from_millis(crate::CACHE_TTL_MS);
+            for (name, max_age) in [
+                (&s.state_bucket, Duration::ZERO),
+                (&s.cache_bucket, cache_ttl),
+            ] {
+                if let Err(e) = open_bucket(&inner.js, name, s.replicas, max_age).await {
+                    tracing::debug!(error = %e, "bucket not reopened yet");
+                }
+            }
+            inner.reopening.store(false, Ordering::SeqCst);
+        });
     }
 }

@@ -7,7 +7,7 @@
 use super::keys::{decode, heartbeat_node};
 use super::store::bucket_info;
 use super::{Inner, APPLY_TIMEOUT};
-use crate::{Change, Origin};
+use crate::{Change, Origin, StateError};
 use async_nats::jetstream::kv::{self, Operation, Store};
 use async_nats::jetstream::stream;
 use futures::StreamExt;
@@ -16,6 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
+
+/// The longest a watch's JetStream request is waited for (the client's own timeout).
+const MAX_API_WAIT: Duration = Duration::from_secs(5);
+/// The pause before a failed or broken watch is opened again.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
 
 /// Waits (bounded) until the watch has applied `revision`.
 pub(super) async fn wait_applied(applied: &watch::Receiver<u64>, revision: u64) {
@@ -37,12 +42,22 @@ pub(super) fn spawn_watcher(inner: Arc<Inner>, cache: bool, applied: watch::Send
     tokio::spawn(async move {
         let store = if cache { &inner.cache } else { &inner.state };
         let mut watched: Option<stream::Info> = None;
+        let mut failures: u32 = 0;
         loop {
-            let info = match bucket_info(&inner.js, &store.name).await {
+            // A request sent while JetStream elects its leaders goes
+            // unanswered: each attempt gives up a beat later than the last,
+            // up to the client's own timeout, and the next one goes soon.
+            let wait = (inner.api_wait() * (failures + 1)).min(MAX_API_WAIT);
+            failures += 1;
+            let info = tokio::time::timeout(wait, bucket_info(&inner.js, &store.name));
+            let info = match info
+                .await
+                .unwrap_or_else(|_| Err(StateError::timed_out(&store.name)))
+            {
                 Ok(info) => info,
                 Err(e) => {
                     tracing::debug!(bucket = %store.name, error = %e, "KV bucket unavailable");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(RETRY_AFTER).await;
                     continue;
                 }
             };
@@ -50,35 +65,49 @@ pub(super) fn spawn_watcher(inner: Arc<Inner>, cache: bool, applied: watch::Send
                 inner.bucket_recreated(store, cache, &applied);
             }
             let current = &*watched.insert(info);
-            let Some(entries) = open_watch(store, &applied).await else {
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            let Some(entries) = inner.open_watch(store, &applied, wait).await else {
+                tokio::time::sleep(RETRY_AFTER).await;
                 continue;
             };
+            failures = 0;
             inner.follow(store, entries, current, &applied).await;
             // The watch broke, most likely with the connection.
             inner.liveness.restart();
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(RETRY_AFTER).await;
         }
     });
 }
 
-/// Watches `store` from just after the last applied revision (from its
-/// start the first time); None after logging a failure.
-async fn open_watch(store: &Store, applied: &watch::Sender<u64>) -> Option<kv::Watch> {
-    let next = *applied.borrow() + 1;
-    let watch = if next == 1 {
-        store.watch_with_history(">").await
-    } else {
-        store.watch_all_from_revision(next).await
-    };
-    watch
-        .inspect_err(|e| {
-            tracing::warn!(bucket = %store.name, error = %e, "KV watch failed; retrying");
-        })
-        .ok()
-}
-
 impl Inner {
+    /// Watches `store` from just after the last applied revision (from its
+    /// start the first time); None after logging a failure.
+    async fn open_watch(
+        &self,
+        store: &Store,
+        applied: &watch::Sender<u64>,
+        wait: Duration,
+    ) -> Option<kv::Watch> {
+        let next = *applied.borrow() + 1;
+        let watch = async {
+            if next == 1 {
+                store.watch_with_history(">").await
+            } else {
+                store.watch_all_from_revision(next).await
+            }
+        };
+        match tokio::time::timeout(wait, watch).await {
+            Ok(Ok(watch)) => Some(watch),
+            Ok(Err(e)) => {
+                self.kv_trouble(&store.name, "KV watch failed; retrying", &e);
+                None
+            }
+            Err(_) => {
+                self.kv_trouble(&store.name, "KV watch failed; retrying", &"timed out");
+                None
+            }
+        }
+    }
+
     /// The bucket lost its data: it is read again from its start, and this
     /// node writes its entries again.
     fn bucket_recreated(&self, store: &Store, cache: bool, applied: &watch::Sender<u64>) {
@@ -109,7 +138,7 @@ impl Inner {
                 entry = entries.next() => match entry {
                     Some(Ok(entry)) => self.apply(&entry, applied),
                     Some(Err(e)) => {
-                        tracing::warn!(bucket = %store.name, error = %e, "KV watch interrupted; resuming");
+                        self.kv_trouble(&store.name, "KV watch interrupted; resuming", &e);
                         return;
                     }
                     None => return,
@@ -123,12 +152,10 @@ impl Inner {
         }
     }
 
-    /// Whether the watch must be re-opened: its bucket was re-created, or
-    /// it stalled.
+    /// Whether the watch must be re-opened: it stalled, or its bucket was
+    /// re-created. The stall is judged first and without asking NATS: while
+    /// a stream leader is being elected, asking waits for a timeout.
     async fn watch_outdated(&self, store: &Store, watched: &stream::Info, opened: Instant) -> bool {
-        let recreated = bucket_info(&self.js, &store.name)
-            .await
-            .is_ok_and(|i| i.created != watched.created);
         // This node's heartbeats are accepted but do not come back:
         // the watch's consumer died with its NATS server. Do not
         // wait for the client to notice (it takes ~10 s).
@@ -137,8 +164,11 @@ impl Inner {
             && opened.elapsed() > self.settings.node_ttl;
         if stalled {
             tracing::warn!(bucket = %store.name, "KV watch stalled; re-opening it");
+            return true;
         }
-        recreated || stalled
+        let info = tokio::time::timeout(self.api_wait(), bucket_info(&self.js, &store.name));
+        info.await
+            .is_ok_and(|i| i.is_ok_and(|i| i.created != watched.created))
     }
 
     /// Folds one entry into the view and records how far the watch got.

@@ -176,7 +176,7 @@ impl Inner {
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "KV write failed");
+                self.kv_trouble(&self.settings.state_bucket, "KV write failed", &e);
                 self.settings.metrics.write_failures.inc();
                 self.reassert.notify_one();
             }
