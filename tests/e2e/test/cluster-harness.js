@@ -7,6 +7,7 @@
 //   shape the standalone harness helpers use (port, app, baseUrl, wsUrl(), sdk()), so h.pusherClient(),
 //   h.rawConnected(), h.apiRequest(), h.customAuthOptions(), h.echoClient() ... work with them unchanged.
 // - startCluster({gateways: 2}): one NATS server, N gateways, one ingest.
+// - node.kill9() then node.restart() / nats.restart(): the same process again (node id, ports, store dir).
 // - test(): h.test() plus the logs of the cluster processes (NATS and Herald) appended to a failure, and an
 //   immediate failure when one of them exits without the harness asking it to.
 // - CLUSTER_LOG_DIR=/dir keeps the full output of every process in /dir (failures show only the tail).
@@ -493,6 +494,24 @@ class HeraldNode extends ManagedProcess {
     };
     this._spawn(h.HERALD_BIN, args, env, 'hx-e2e-node');
     return this;
+  }
+
+  /**
+   * Start again after a kill: same node id, config and ports (a listener of the killed process does not hold its
+   * port), and wait for /readyz 200. Only if a port was taken meanwhile by someone else does it move to new ones.
+   */
+  async restart(timeoutMs = READY_TIMEOUT) {
+    if (this.running) throw new Error(`${this.label} is still running`);
+    for (let attempt = 1; ; attempt++) {
+      this.spawn();
+      try {
+        return await this.waitReadyz(200, timeoutMs);
+      } catch (e) {
+        if (attempt >= 3 || !lostPortRace(this)) throw e;
+        [this.port, this.metricsPort] = await freePorts(2);
+        this.label = `herald ${this.role} ${this.nodeId} :${this.port}`;
+      }
+    }
   }
 
   /** GET /readyz status (0 if not answering). */
