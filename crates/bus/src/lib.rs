@@ -10,6 +10,7 @@
 //! process uses is a private enum chosen once at startup (see "Standalone
 //! or cluster" in docs/architecture.md).
 
+mod batch;
 mod local;
 pub mod nats;
 pub mod subject;
@@ -40,6 +41,11 @@ pub struct Envelope {
     pub published_at_ms: u64,
     /// W3C `traceparent` of the publishing span.
     pub traceparent: Option<String>,
+    /// Set on each event of a request that publishes several (a
+    /// multi-channel trigger, a batch): the receiving node holds it until
+    /// [`BusMessage::Commit`] of the same batch (see `batch.rs`).
+    #[serde(default)]
+    pub batch: Option<u64>,
 }
 
 impl Envelope {
@@ -54,6 +60,7 @@ impl Envelope {
             user_id: None,
             published_at_ms: unix_millis(),
             traceparent: None,
+            batch: None,
         }
     }
 
@@ -76,6 +83,12 @@ pub enum BusMessage {
     TerminateUser {
         app: String,
         user_id: String,
+    },
+    /// Every event of `batch` has been published: deliver them. Handled by
+    /// the NATS bus itself; a sink never sees one.
+    Commit {
+        app: String,
+        batch: u64,
     },
 }
 
@@ -109,6 +122,12 @@ pub enum BusError {
 /// Receives what the bus delivers to this node (the gateway's fan-out).
 pub trait Sink: Send + Sync {
     fn deliver(&self, message: &BusMessage);
+
+    /// The bus dropped `events` parts of multi-channel requests whose
+    /// commit never came (their request was answered 503).
+    fn uncommitted_dropped(&self, events: usize) {
+        let _ = events;
+    }
 }
 
 /// The bus of this process: in-process (standalone) or NATS (cluster).
@@ -154,6 +173,18 @@ impl Bus {
         match &self.0 {
             Backend::Memory(bus) => bus.publish(&message),
             Backend::Nats(bus) => bus.publish(&message).await,
+        }
+    }
+
+    /// Publishes the events of one request, all or nothing: every node
+    /// delivers all of them (the bus accepted the request) or none (an
+    /// error). In-process there is nothing to fail between two events.
+    pub async fn publish_all(&self, events: Vec<Envelope>) -> Result<(), BusError> {
+        match &self.0 {
+            Backend::Memory(bus) => events
+                .into_iter()
+                .try_for_each(|e| bus.publish(&BusMessage::Event(e))),
+            Backend::Nats(bus) => bus.publish_all(events).await,
         }
     }
 

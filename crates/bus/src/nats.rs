@@ -7,8 +7,9 @@
 //! delivers at most once: a gateway that is itself reconnecting misses what
 //! is published meanwhile (see docs/architecture.md).
 
+use crate::batch::{Holds, HOLD};
 use crate::subject::{control_subject, event_subject};
-use crate::{BusError, BusMessage, Sink};
+use crate::{BusError, BusMessage, Envelope, Sink};
 use async_nats::connection::State;
 use async_nats::{Client, ConnectOptions};
 use futures::future::BoxFuture;
@@ -116,8 +117,18 @@ pub(crate) struct NatsBus {
     client: Client,
     prefix: String,
     sink: Arc<OnceLock<Arc<dyn Sink>>>,
+    /// Parts of multi-channel requests waiting for their commit.
+    holds: Arc<Holds>,
+    /// Drops held parts whose commit never came.
+    expiry: JoinHandle<()>,
     subscriptions: Mutex<HashMap<String, Subscription>>,
     barrier: Arc<Barrier>,
+}
+
+impl Drop for NatsBus {
+    fn drop(&mut self) {
+        self.expiry.abort();
+    }
 }
 
 /// Round trips through the server: a token published to our own subject
@@ -189,11 +200,27 @@ impl NatsBus {
     pub(crate) fn new(client: Client, prefix: &str) -> Self {
         let inbox = client.new_inbox();
         let unique = inbox.rsplit('.').next().unwrap_or("barrier");
+        let sink: Arc<OnceLock<Arc<dyn Sink>>> = Arc::default();
+        let holds = Arc::new(Holds::default());
+        let expiry = tokio::spawn({
+            let (sink, holds) = (sink.clone(), holds.clone());
+            async move {
+                let mut tick = tokio::time::interval(HOLD / 10);
+                loop {
+                    tick.tick().await;
+                    if let Some(sink) = sink.get() {
+                        holds.expire(sink.as_ref());
+                    }
+                }
+            }
+        });
         Self {
             barrier: Barrier::start(&client, format!("{prefix}.barrier.{unique}")),
             client,
             prefix: prefix.to_owned(),
-            sink: Arc::default(),
+            sink,
+            holds,
+            expiry,
             subscriptions: Mutex::default(),
         }
     }
@@ -217,6 +244,7 @@ impl NatsBus {
         let (live_tx, live) = watch::channel(false);
         let client = self.client.clone();
         let sink = self.sink.clone();
+        let holds = self.holds.clone();
         let barrier = self.barrier.clone();
         let task = tokio::spawn(async move {
             let mut messages = match client.subscribe(subject.clone()).await {
@@ -237,7 +265,7 @@ impl NatsBus {
                 match BusMessage::decode(&message.payload) {
                     Ok(decoded) => {
                         if let Some(sink) = sink.get() {
-                            sink.deliver(&decoded);
+                            holds.deliver(decoded, sink.as_ref());
                         }
                     }
                     Err(e) => {
@@ -252,19 +280,51 @@ impl NatsBus {
     /// Publishes on the message's subject and waits for the server to
     /// have processed it (a barrier round trip).
     pub(crate) async fn publish(&self, message: &BusMessage) -> Result<(), BusError> {
-        let subject = match message {
-            BusMessage::Event(e) => event_subject(&self.prefix, &e.app, &e.channel),
-            BusMessage::TerminateUser { app, .. } => control_subject(&self.prefix, app),
+        self.publish_then_pass(std::slice::from_ref(message)).await
+    }
+
+    /// Publishes a request's events as one batch: each part on its
+    /// channel's subject, then the commit, then one barrier. A part the
+    /// server took without its commit is never delivered (see `batch.rs`).
+    pub(crate) async fn publish_all(&self, mut events: Vec<Envelope>) -> Result<(), BusError> {
+        if events.len() == 1 {
+            let event = events.pop().expect("one event");
+            return self.publish(&BusMessage::Event(event)).await;
+        }
+        let Some(app) = events.first().map(|e| e.app.clone()) else {
+            return Ok(());
         };
-        let payload = bytes::Bytes::from(message.encode());
+        let batch = rand::random::<u64>();
+        let mut messages: Vec<BusMessage> = events
+            .into_iter()
+            .map(|mut e| {
+                e.batch = Some(batch);
+                BusMessage::Event(e)
+            })
+            .collect();
+        messages.push(BusMessage::Commit { app, batch });
+        self.publish_then_pass(&messages).await
+    }
+
+    /// Publishes `messages` in order, each encoded once, and waits until
+    /// the server has processed the last (a barrier round trip).
+    async fn publish_then_pass(&self, messages: &[BusMessage]) -> Result<(), BusError> {
         if self.client.connection_state() != State::Connected {
             return Err(BusError::NotConnected);
         }
         let sent = tokio::time::timeout(PUBLISH_TIMEOUT, async {
-            self.client
-                .publish(subject, payload)
-                .await
-                .map_err(|e| BusError::Unavailable(e.to_string()))?;
+            for message in messages {
+                let subject = match message {
+                    BusMessage::Event(e) => event_subject(&self.prefix, &e.app, &e.channel),
+                    BusMessage::TerminateUser { app, .. } | BusMessage::Commit { app, .. } => {
+                        control_subject(&self.prefix, app)
+                    }
+                };
+                self.client
+                    .publish(subject, bytes::Bytes::from(message.encode()))
+                    .await
+                    .map_err(|e| BusError::Unavailable(e.to_string()))?;
+            }
             self.barrier.pass(&self.client, PUBLISH_TIMEOUT).await
         })
         .await;

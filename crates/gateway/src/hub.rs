@@ -339,7 +339,13 @@ impl Sink for Hub {
                     ));
                 }
             }
+            // The NATS bus resolves commits itself (herald_bus::batch).
+            BusMessage::Commit { .. } => {}
         }
+    }
+
+    fn uncommitted_dropped(&self, events: usize) {
+        self.metrics.uncommitted_dropped.inc_by(events as u64);
     }
 }
 

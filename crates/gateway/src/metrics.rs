@@ -4,7 +4,7 @@
 //! (auth failures, limit rejections, bus publishes).
 
 use herald_metrics::{Metrics, LATENCY_BUCKETS};
-use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGaugeVec};
 
 pub struct GatewayMetrics {
     /// Open client connections.
@@ -27,6 +27,8 @@ pub struct GatewayMetrics {
     pub slow_consumer_disconnects: IntCounterVec,
     /// From the trigger's publish timestamp to the queueing of the frame for the sockets.
     pub delivery_latency: HistogramVec,
+    /// Events of multi-channel requests dropped because their commit never came.
+    pub uncommitted_dropped: IntCounter,
     pub auth_failures: IntCounterVec,
     pub limit_rejections: IntCounterVec,
     pub bus_publishes: IntCounterVec,
@@ -81,6 +83,10 @@ impl GatewayMetrics {
                 "herald_slow_consumer_disconnects_total",
                 "Connections closed because they could not keep up.",
                 &["app"],
+            ),
+            uncommitted_dropped: m.counter(
+                "herald_bus_uncommitted_events_dropped_total",
+                "Events of multi-channel triggers and batches dropped because the request's commit never came (it was answered 503).",
             ),
             delivery_latency: m.histogram_vec(
                 "herald_delivery_latency_seconds",

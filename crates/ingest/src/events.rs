@@ -1,11 +1,12 @@
 //! `POST /apps/{id}/events` and `POST /apps/{id}/batch_events`: triggering events.
 //!
 //! The whole request is validated before the first event is published, so a
-//! refused request delivers nothing.
+//! refused request delivers nothing; a request's events are published as one
+//! batch, so one the bus refuses (503) delivers nothing either.
 
 use crate::error::HttpError;
 use crate::Ingest;
-use herald_bus::{BusMessage, Envelope};
+use herald_bus::Envelope;
 use herald_config::AppConfig;
 use herald_protocol::api::{self, Publication};
 use hyper::StatusCode;
@@ -52,26 +53,28 @@ impl Ingest {
         Ok(json!({ "batch": batch }))
     }
 
-    /// Publishes each publication in order; an event to a cache channel is
-    /// stored as the channel's cache first.
+    /// Publishes the request's events as one batch (all or nothing); an
+    /// event to a cache channel is stored as the channel's cache first.
     async fn publish_events(&self, app: &AppConfig, pubs: &[Publication]) -> Result<(), HttpError> {
-        for p in pubs {
-            if p.channel.is_cache() {
-                self.state
-                    .set_cache(&app.id, p.channel.as_str(), &p.event, &p.data)
-                    .await
-                    .map_err(|e| {
-                        HttpError::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("cache channel store unavailable: {e}"),
-                        )
-                    })?;
-            }
-            let envelope = Envelope::new(&app.id, p.channel.as_str(), &p.event, p.data.clone())
-                .except(p.except_socket.clone());
-            self.publish(app, BusMessage::Event(envelope)).await?;
+        for p in pubs.iter().filter(|p| p.channel.is_cache()) {
+            self.state
+                .set_cache(&app.id, p.channel.as_str(), &p.event, &p.data)
+                .await
+                .map_err(|e| {
+                    HttpError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("cache channel store unavailable: {e}"),
+                    )
+                })?;
         }
-        Ok(())
+        let events = pubs
+            .iter()
+            .map(|p| {
+                Envelope::new(&app.id, p.channel.as_str(), &p.event, p.data.clone())
+                    .except(p.except_socket.clone())
+            })
+            .collect();
+        self.publish(app, events).await
     }
 }
 

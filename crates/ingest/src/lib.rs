@@ -25,7 +25,7 @@ mod users;
 use authentication::{RequestBudgets, SignedRequest};
 use bytes::Bytes;
 use error::HttpError;
-use herald_bus::{Bus, BusMessage};
+use herald_bus::{Bus, BusError, BusMessage, Envelope};
 use herald_config::AppConfig;
 use herald_metrics::Metrics;
 use herald_state::ChannelState;
@@ -145,22 +145,43 @@ impl Ingest {
         }
     }
 
-    /// Publishes one message to the bus: counts it, carries the trace context,
-    /// and turns a bus failure into a 503.
-    async fn publish(&self, app: &AppConfig, mut message: BusMessage) -> Result<(), HttpError> {
+    /// Publishes one request's events, all or nothing (`Bus::publish_all`):
+    /// counts them, carries the trace context, and turns a bus failure
+    /// into a 503.
+    async fn publish(&self, app: &AppConfig, mut events: Vec<Envelope>) -> Result<(), HttpError> {
+        self.metrics
+            .bus_publishes
+            .with_label_values(&[&app.id])
+            .inc_by(events.len() as u64);
+        let span = tracing::info_span!("publish", app = %app.id);
+        let published = async {
+            let traceparent = herald_telemetry::current_traceparent();
+            for envelope in &mut events {
+                envelope.traceparent.clone_from(&traceparent);
+            }
+            self.bus.publish_all(events).await
+        }
+        .instrument(span)
+        .await;
+        self.unless_refused(app, published)
+    }
+
+    /// Publishes a control message (to every gateway of the app).
+    async fn publish_control(&self, app: &AppConfig, message: BusMessage) -> Result<(), HttpError> {
         self.metrics
             .bus_publishes
             .with_label_values(&[&app.id])
             .inc();
-        let span = tracing::info_span!("publish", app = %app.id);
-        let published = async {
-            if let BusMessage::Event(envelope) = &mut message {
-                envelope.traceparent = herald_telemetry::current_traceparent();
-            }
-            self.bus.publish(message).await
-        }
-        .instrument(span)
-        .await;
+        let published = self.bus.publish(message).await;
+        self.unless_refused(app, published)
+    }
+
+    /// A bus failure is a 503, counted.
+    fn unless_refused(
+        &self,
+        app: &AppConfig,
+        published: Result<(), BusError>,
+    ) -> Result<(), HttpError> {
         published.map_err(|e| {
             self.metrics
                 .bus_publish_failures

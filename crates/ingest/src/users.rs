@@ -20,7 +20,7 @@ impl Ingest {
             app: app.id.clone(),
             user_id,
         };
-        self.publish(app, message).await?;
+        self.publish_control(app, message).await?;
         Ok(json!({}))
     }
 }

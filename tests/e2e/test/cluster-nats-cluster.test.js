@@ -7,9 +7,7 @@
 // a trigger published while gateway A itself is reconnecting (its /readyz says 503) may miss A's clients, and
 // docs/architecture.md says so.
 //
-// Presence after losing a server is not asserted here: JetStream's stream-leader election after the kill
-// sometimes leaves KV consumers failing to be created for 20 s and more on this setup, and Herald's writes
-// then time out (an open problem, reported in the issue).
+// Presence after losing a server (and JetStream without quorum) is asserted in cluster-jetstream-loss.test.js.
 //
 // The first test gives every node the comma-separated list of all servers; the second gives each node one
 // seed URL (the others are learnt from the cluster's INFO) and keeps the ingest on a surviving server.
