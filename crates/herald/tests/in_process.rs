@@ -310,3 +310,164 @@ async fn a_restart_with_the_same_node_id_clears_100_000_keys_of_its_previous_lif
     );
     gateway.stop().await.unwrap();
 }
+
+/// A gateway on a runtime of its own, so that it can die the way a process
+/// does: every task stopped at once, no goodbye written to NATS.
+struct Crashable {
+    addr: std::net::SocketAddr,
+    die: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Crashable {
+    async fn start(nats: &Nats, node_id: &'static str) -> Self {
+        let config = config(Some(nats));
+        let (started, addr) = tokio::sync::oneshot::channel();
+        let (die, dead) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            let herald = runtime.block_on(Herald::start(Role::Gateway, config, node_id));
+            let _ = started.send(herald.addr);
+            let _ = dead.recv();
+            drop(runtime);
+            drop(herald);
+        });
+        let addr = addr.await.expect("the gateway started");
+        Self { addr, die, thread }
+    }
+
+    fn crash(self) {
+        let _ = self.die.send(());
+        self.thread.join().unwrap();
+    }
+}
+
+/// Joins `user` to presence `channel` on the gateway at `addr`; the socket
+/// must be kept open for the member to stay.
+async fn join(addr: std::net::SocketAddr, channel: &str, user: &str) -> Ws {
+    let (mut ws, socket_id) = connect(addr, APP.1, 0).await.unwrap();
+    let data = format!(r#"{{"user_id":"{user}","user_info":{{}}}}"#);
+    let auth = herald_protocol::auth::token(
+        APP.1,
+        APP.2,
+        &herald_protocol::auth::channel_string_to_sign(&socket_id, channel, Some(&data)),
+    );
+    subscribe(&mut ws, channel, Some(auth), Some(data))
+        .await
+        .unwrap();
+    ws
+}
+
+/// The bucket key of `user`'s membership of `channel` on `node`.
+fn member_key(channel: &str, user: &str, node: &str) -> String {
+    let token = herald_protocol::token::encode_token;
+    format!(
+        "m.{}.{}.{}.{}",
+        token(APP.0),
+        token(channel),
+        token(user),
+        token(node)
+    )
+}
+
+/// The revision of `key` while it holds a value.
+async fn live_revision(kv: &async_nats::jetstream::kv::Store, key: &str) -> Option<u64> {
+    kv.entry(key)
+        .await
+        .unwrap()
+        .filter(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
+        .map(|e| e.revision)
+}
+
+/// Waits (bounded) until `condition` holds, polling every 50 ms.
+async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, condition: impl Fn() -> F) {
+    let met = tokio::time::timeout(WAIT, async {
+        while !condition().await {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(met.is_ok(), "{what} not within {WAIT:?}");
+}
+
+#[tokio::test]
+async fn dead_node_cleanup_leaves_a_key_its_node_wrote_after_coming_back() {
+    let nats = Nats::start();
+    let client = async_nats::connect(&nats.url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    // gw-a cleans up only while it is the lowest live node: a heartbeat in
+    // the name of "gw-0" holds the cleanup back until the dead node is back.
+    let gateway = Herald::start(Role::Gateway, config(Some(&nats)), "gw-a").await;
+    let kv = js.get_key_value("herald-state").await.unwrap();
+    let fake_beats = {
+        let kv = kv.clone();
+        tokio::spawn(async move {
+            loop {
+                let key = format!("n.{}", herald_protocol::token::encode_token("gw-0"));
+                let _ = kv.put(key, "0".into()).await;
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+        })
+    };
+    let gw_y = Crashable::start(&nats, "gw-y").await;
+    let gw_z = Crashable::start(&nats, "gw-z").await;
+    let (w, u) = (
+        member_key("presence-x", "w", "gw-y"),
+        member_key("presence-x", "u", "gw-z"),
+    );
+    let _members = (
+        join(gw_y.addr, "presence-x", "w").await,
+        join(gw_z.addr, "presence-x", "u").await,
+    );
+    wait_until("both members in the bucket", || async {
+        live_revision(&kv, &w).await.is_some() && live_revision(&kv, &u).await.is_some()
+    })
+    .await;
+    let first_life = live_revision(&kv, &u).await.unwrap();
+    gw_y.crash();
+    gw_z.crash();
+    let removed = || async {
+        let text = reqwest::get(format!("http://{}/metrics", gateway.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("herald_nodes_removed_total "))
+            .map_or(0.0, |v| v.parse::<f64>().unwrap())
+    };
+    wait_until("gw-a declaring gw-y and gw-z dead", || async {
+        removed().await >= 2.0
+    })
+    .await;
+
+    // gw-z comes back with the same id and u joins again, before the
+    // cleanup gw-a has pending for gw-z's first life has run.
+    let gw_z = Herald::start(Role::Gateway, config(Some(&nats)), "gw-z").await;
+    let _u_again = join(gw_z.addr, "presence-x", "u").await;
+    wait_until("u's key written by gw-z's second life", || async {
+        live_revision(&kv, &u).await.is_some_and(|r| r > first_life)
+    })
+    .await;
+    let second_life = live_revision(&kv, &u).await.unwrap();
+
+    // Now gw-a is the lowest live node and runs its pending cleanup: w's
+    // key goes (gw-y never came back), u's key stays.
+    fake_beats.abort();
+    wait_until(
+        "gw-a deleting the key of gw-y, which stayed dead",
+        || async { live_revision(&kv, &w).await.is_none() },
+    )
+    .await;
+    // The cleanup of both dead nodes runs in one pass; give it one beat
+    // (node_ttl / 3) to finish before judging what it left.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(
+        live_revision(&kv, &u).await,
+        Some(second_life),
+        "the dead-node cleanup deleted the key gw-z wrote after coming back"
+    );
+    gw_z.stop().await.unwrap();
+    gateway.stop().await.unwrap();
+}
