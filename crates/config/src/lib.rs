@@ -417,8 +417,41 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppSource {
     File,
+    /// `PUSHER_APP_ID` / `PUSHER_APP_KEY` / `PUSHER_APP_SECRET`.
     PusherEnv,
+    /// `REVERB_APP_ID` / `REVERB_APP_KEY` / `REVERB_APP_SECRET`.
+    ReverbEnv,
     Development,
+}
+
+/// Turns client events on (`true`) for the app taken from the environment.
+pub const CLIENT_EVENTS_VAR: &str = "HERALD_CLIENT_EVENTS";
+const PUSHER_VARS: [&str; 3] = ["PUSHER_APP_ID", "PUSHER_APP_KEY", "PUSHER_APP_SECRET"];
+const REVERB_VARS: [&str; 3] = ["REVERB_APP_ID", "REVERB_APP_KEY", "REVERB_APP_SECRET"];
+
+/// The app the id, key and secret variables `names` spell, `None` when none
+/// of them is set, an error naming the missing ones when only some are.
+fn app_from_env(
+    env: &impl Fn(&str) -> Option<String>,
+    names: [&str; 3],
+) -> Result<Option<AppConfig>, ConfigError> {
+    match names.map(env) {
+        [Some(id), Some(key), Some(secret)] => Ok(Some(AppConfig::new(&id, &key, &secret))),
+        [None, None, None] => Ok(None),
+        partial => {
+            let missing = names
+                .iter()
+                .zip(partial.iter())
+                .filter(|(_, v)| v.is_none())
+                .map(|(k, _)| *k)
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(ConfigError::Invalid {
+                key: missing,
+                problem: format!("is missing (set all of {} or none)", names.join(", ")),
+            })
+        }
+    }
 }
 
 impl Config {
@@ -454,40 +487,53 @@ impl Config {
     }
 
     /// With no `[[apps]]` in the file, take the app from `PUSHER_APP_ID`,
-    /// `PUSHER_APP_KEY` and `PUSHER_APP_SECRET` (a Laravel `.env`), else a
-    /// development app.
+    /// `PUSHER_APP_KEY` and `PUSHER_APP_SECRET` (a Laravel `.env`), else
+    /// from `REVERB_APP_ID`, `REVERB_APP_KEY` and `REVERB_APP_SECRET` (an app
+    /// configured for Reverb: Laravel's `reverb` connection is the Pusher
+    /// driver), else a development app. `HERALD_CLIENT_EVENTS=true` turns
+    /// client events on for that app; per-app settings otherwise need the file.
     pub fn fill_apps_from_env(
         &mut self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<AppSource, ConfigError> {
-        if !self.apps.is_empty() {
-            return Ok(AppSource::File);
-        }
-        let vars = ["PUSHER_APP_ID", "PUSHER_APP_KEY", "PUSHER_APP_SECRET"].map(&env);
-        let source = match vars {
-            [Some(id), Some(key), Some(secret)] => {
-                self.apps.push(AppConfig::new(&id, &key, &secret));
-                AppSource::PusherEnv
-            }
-            [None, None, None] => {
-                self.apps
-                    .push(AppConfig::new("app-id", "app-key", "app-secret"));
-                AppSource::Development
-            }
-            partial => {
-                let missing = ["PUSHER_APP_ID", "PUSHER_APP_KEY", "PUSHER_APP_SECRET"]
-                    .iter()
-                    .zip(partial.iter())
-                    .filter(|(_, v)| v.is_none())
-                    .map(|(k, _)| *k)
-                    .collect::<Vec<_>>()
-                    .join(", ");
+        let client_events = match env(CLIENT_EVENTS_VAR).as_deref() {
+            None => None,
+            Some("true" | "1") => Some(true),
+            Some("false" | "0") => Some(false),
+            Some(_) => {
                 return Err(ConfigError::Invalid {
-                    key: missing,
-                    problem: "is missing (set all of PUSHER_APP_ID, PUSHER_APP_KEY, PUSHER_APP_SECRET or none)".into(),
-                });
+                    key: CLIENT_EVENTS_VAR.into(),
+                    problem: "must be true or false".into(),
+                })
             }
         };
+        if !self.apps.is_empty() {
+            if client_events.is_some() {
+                return Err(ConfigError::Invalid {
+                    key: CLIENT_EVENTS_VAR.into(),
+                    problem: "applies only to an app taken from the environment; the config file has [[apps]]: set client_events there".into(),
+                });
+            }
+            return Ok(AppSource::File);
+        }
+        let source = match app_from_env(&env, PUSHER_VARS)? {
+            Some(app) => {
+                self.apps.push(app);
+                AppSource::PusherEnv
+            }
+            None => match app_from_env(&env, REVERB_VARS)? {
+                Some(app) => {
+                    self.apps.push(app);
+                    AppSource::ReverbEnv
+                }
+                None => {
+                    self.apps
+                        .push(AppConfig::new("app-id", "app-key", "app-secret"));
+                    AppSource::Development
+                }
+            },
+        };
+        self.apps[0].client_events = client_events.unwrap_or(false);
         self.validate()?;
         Ok(source)
     }
@@ -757,16 +803,11 @@ mod tests {
     #[test]
     fn apps_from_laravel_env_or_development() {
         let mut c = Config::default();
-        let env = |k: &str| {
-            Some(
-                match k {
-                    "PUSHER_APP_ID" => "local",
-                    "PUSHER_APP_KEY" => "lkey",
-                    _ => "lsecret",
-                }
-                .to_string(),
-            )
-        };
+        let env = vars(&[
+            ("PUSHER_APP_ID", "local"),
+            ("PUSHER_APP_KEY", "lkey"),
+            ("PUSHER_APP_SECRET", "lsecret"),
+        ]);
         assert_eq!(c.fill_apps_from_env(env).unwrap(), AppSource::PusherEnv);
         assert_eq!(c.apps[0].key, "lkey");
 
@@ -782,6 +823,88 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("PUSHER_APP_KEY, PUSHER_APP_SECRET"), "{err}");
+    }
+
+    /// A lookup of the given variables only.
+    fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn an_app_configured_for_reverb_is_served_from_reverb_variables() {
+        let reverb = [
+            ("REVERB_APP_ID", "rid"),
+            ("REVERB_APP_KEY", "rkey"),
+            ("REVERB_APP_SECRET", "rsecret"),
+        ];
+        let mut c = Config::default();
+        assert_eq!(
+            c.fill_apps_from_env(vars(&reverb)).unwrap(),
+            AppSource::ReverbEnv
+        );
+        assert_eq!(
+            (c.apps[0].id.as_str(), c.apps[0].key.as_str()),
+            ("rid", "rkey")
+        );
+        assert!(!c.apps[0].client_events);
+
+        // PUSHER_APP_* wins when both are set.
+        let both = [
+            ("PUSHER_APP_ID", "pid"),
+            ("PUSHER_APP_KEY", "pkey"),
+            ("PUSHER_APP_SECRET", "psecret"),
+            ("REVERB_APP_ID", "rid"),
+            ("REVERB_APP_KEY", "rkey"),
+            ("REVERB_APP_SECRET", "rsecret"),
+        ];
+        let mut c = Config::default();
+        assert_eq!(
+            c.fill_apps_from_env(vars(&both)).unwrap(),
+            AppSource::PusherEnv
+        );
+        assert_eq!(c.apps[0].key, "pkey");
+
+        let mut c = Config::default();
+        let err = c
+            .fill_apps_from_env(vars(&[("REVERB_APP_KEY", "k")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("REVERB_APP_ID, REVERB_APP_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn client_events_are_switched_on_for_the_app_from_the_environment() {
+        let mut c = Config::default();
+        c.fill_apps_from_env(vars(&[
+            ("REVERB_APP_ID", "rid"),
+            ("REVERB_APP_KEY", "rkey"),
+            ("REVERB_APP_SECRET", "rsecret"),
+            ("HERALD_CLIENT_EVENTS", "true"),
+        ]))
+        .unwrap();
+        assert!(c.apps[0].client_events);
+
+        let mut c = Config::default();
+        let err = c
+            .fill_apps_from_env(vars(&[("HERALD_CLIENT_EVENTS", "yes please")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("HERALD_CLIENT_EVENTS") && err.contains("true or false"),
+            "{err}"
+        );
+
+        let mut c = Config::from_toml("[[apps]]\nid='1'\nkey='k'\nsecret='s'\n").unwrap();
+        let err = c
+            .fill_apps_from_env(vars(&[("HERALD_CLIENT_EVENTS", "true")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("set client_events there"), "{err}");
     }
 
     #[test]

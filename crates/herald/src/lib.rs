@@ -86,6 +86,9 @@ pub fn log_app_source(source: herald_config::AppSource) {
              set [[apps]] in the config file or PUSHER_APP_ID/PUSHER_APP_KEY/PUSHER_APP_SECRET before production"
         ),
         AppSource::PusherEnv => tracing::info!("app taken from PUSHER_APP_ID/PUSHER_APP_KEY/PUSHER_APP_SECRET"),
+        AppSource::ReverbEnv => tracing::info!(
+            "app taken from REVERB_APP_ID/REVERB_APP_KEY/REVERB_APP_SECRET (no PUSHER_APP_* set)"
+        ),
         AppSource::File => {}
     }
 }

@@ -379,7 +379,7 @@ async function runInvalidConfig(toml) {
   const port = await freePort();
   const mport = await freePort();
   const child = spawnHerald(['standalone', '--config', file, '--bind', `127.0.0.1:${port}`, '--metrics-bind', `127.0.0.1:${mport}`], {
-    env: { HERALD_CONFIG: undefined, HERALD_BIND: undefined, HERALD_METRICS_BIND: undefined, PUSHER_APP_ID: undefined, PUSHER_APP_KEY: undefined, PUSHER_APP_SECRET: undefined },
+    env: { HERALD_CONFIG: undefined, HERALD_BIND: undefined, HERALD_METRICS_BIND: undefined, PUSHER_APP_ID: undefined, PUSHER_APP_KEY: undefined, PUSHER_APP_SECRET: undefined, REVERB_APP_ID: undefined, REVERB_APP_KEY: undefined, REVERB_APP_SECRET: undefined, HERALD_CLIENT_EVENTS: undefined },
   });
   track(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');

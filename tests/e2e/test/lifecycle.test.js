@@ -6,7 +6,7 @@ const path = require('node:path');
 const h = require('./harness');
 const { test, assert } = h;
 
-const NO_ENV_APP = { PUSHER_APP_ID: undefined, PUSHER_APP_KEY: undefined, PUSHER_APP_SECRET: undefined };
+const NO_ENV_APP = { PUSHER_APP_ID: undefined, PUSHER_APP_KEY: undefined, PUSHER_APP_SECRET: undefined, REVERB_APP_ID: undefined, REVERB_APP_KEY: undefined, REVERB_APP_SECRET: undefined, HERALD_CLIENT_EVENTS: undefined };
 
 test('SIGTERM closes every client with 4200 and the process exits 0 within ~2 s', async () => {
   const server = await h.startHerald();
