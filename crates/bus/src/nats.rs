@@ -31,13 +31,25 @@ const INTEREST_TIMEOUT: Duration = Duration::from_millis(500);
 /// two intervals (async-nats allows two unanswered pings).
 const PING_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Connects, retrying in the background if NATS is not up yet.
-/// `on_state(true)` runs on every (re)connect, `on_state(false)` on every loss.
+/// What the NATS connection reports to its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatsEvent {
+    /// (Re)connected.
+    Up,
+    /// Lost; reconnecting.
+    Down,
+    /// A subscription's buffer in this client overflowed and NATS messages
+    /// were dropped before Herald saw them.
+    SlowConsumer,
+}
+
+/// Connects, retrying in the background if NATS is not up yet; `on_event`
+/// hears every (re)connect, loss and client-side slow consumer.
 /// `name` is the client name the NATS server shows (`herald-gateway-<node>`).
 pub async fn connect(
     settings: &NatsConfig,
     name: &str,
-    on_state: impl Fn(bool) + Send + Sync + 'static,
+    on_event: impl Fn(NatsEvent) + Send + Sync + 'static,
 ) -> Result<Client, BusError> {
     let unavailable = |e: &dyn std::fmt::Display| BusError::Unavailable(e.to_string());
     let mut options = ConnectOptions::new()
@@ -78,18 +90,25 @@ pub async fn connect(
     if settings.tls_required {
         options = options.require_tls(true);
     }
-    let on_state = Arc::new(on_state);
+    let on_event = Arc::new(on_event);
     options = options.event_callback(move |event| {
-        let on_state = on_state.clone();
+        let on_event = on_event.clone();
         async move {
             match event {
                 async_nats::Event::Connected => {
                     tracing::info!("NATS connected");
-                    on_state(true);
+                    on_event(NatsEvent::Up);
                 }
                 async_nats::Event::Disconnected => {
                     tracing::warn!("NATS disconnected; reconnecting");
-                    on_state(false);
+                    on_event(NatsEvent::Down);
+                }
+                async_nats::Event::SlowConsumer(sid) => {
+                    tracing::warn!(
+                        subscription = sid,
+                        "NATS slow consumer: messages dropped in this client"
+                    );
+                    on_event(NatsEvent::SlowConsumer);
                 }
                 other => tracing::info!(event = %other, "NATS event"),
             }

@@ -76,6 +76,11 @@ impl Role {
     }
 }
 
+/// Loads a TLS certificate chain and key as the TLS listener would.
+pub fn check_tls(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<()> {
+    tls::Tls::new(cert, key).map(drop)
+}
+
 /// Says where the apps came from; loudly when Herald falls back to the
 /// development app, which must never reach production.
 pub fn log_app_source(source: herald_config::AppSource) {
@@ -109,6 +114,7 @@ pub async fn run(
     // families are registered here; the gateway and the HTTP API register
     // theirs when they are built.
     let metrics = Arc::new(Metrics::new());
+    metrics.set_role(role.name());
     let kv_metrics = KvMetrics::register(&metrics);
     let webhook_metrics = Arc::new(WebhookMetrics::register(&metrics));
     for app in &apps {
@@ -158,6 +164,7 @@ pub async fn run(
     };
     metrics.set_ready(true);
     tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
         role = ?role,
         node = %node_id,
         bind = %listeners.client.local_addr()?,
@@ -168,7 +175,7 @@ pub async fn run(
     let gateway = routes.gateway.clone();
     accept::plain(listeners.client, routes, &metrics, shutdown).await;
 
-    metrics.set_ready(false);
+    metrics.set_draining();
     if let Some(tls_accept) = tls_accept {
         tls_accept.abort();
     }

@@ -44,6 +44,25 @@ enum Command {
     /// Inspect and replay webhook dead letters of a running standalone or ingest.
     #[command(subcommand)]
     Webhooks(WebhookCommand),
+    /// Validate the configuration (file, environment, flags) a role would
+    /// start with, print a summary and exit: 0 valid, 2 invalid.
+    CheckConfig(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The role whose configuration to check.
+    #[arg(long, value_enum, default_value_t = CheckedRole::Standalone)]
+    role: CheckedRole,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum CheckedRole {
+    Standalone,
+    Gateway,
+    Ingest,
 }
 
 #[derive(clap::Args)]
@@ -83,8 +102,10 @@ enum LogFormat {
     Json,
 }
 
-/// Loads the file (if any), then the environment, then flags, validating the result.
+/// Loads the file (if any), then the environment, then flags, validating
+/// the result for `role`.
 fn load_config(
+    role: Role,
     args: &CommonArgs,
     nats: &[String],
 ) -> Result<(Config, herald_config::AppSource), String> {
@@ -101,7 +122,71 @@ fn load_config(
     config.bind = args.bind.or(config.bind);
     config.metrics_bind = args.metrics_bind.or(config.metrics_bind);
     config.drain_window = args.drain_window.or(config.drain_window);
+    if role != Role::Standalone && config.nats.servers.is_empty() {
+        return Err(format!(
+            "{role:?} needs NATS: pass --nats URL[,URL...] or set nats.servers"
+        ));
+    }
     Ok((config, source))
+}
+
+/// `herald check-config`: what `load_config` says, plus whether the TLS
+/// certificate and key load, without binding or connecting anything.
+fn check_config(check: CheckArgs) -> ExitCode {
+    let role = match check.role {
+        CheckedRole::Standalone => Role::Standalone,
+        CheckedRole::Gateway => Role::Gateway,
+        CheckedRole::Ingest => Role::Ingest,
+    };
+    let nats = if role == Role::Standalone {
+        Vec::new()
+    } else {
+        check.cluster.nats
+    };
+    let (config, source) = match load_config(role, &check.cluster.common, &nats) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        if let Err(e) = herald::check_tls(cert, key) {
+            eprintln!("herald: {e:#}");
+            return ExitCode::from(2);
+        }
+    }
+    let apps: Vec<&str> = config.apps.iter().map(|a| a.id.as_str()).collect();
+    println!(
+        "config OK for herald {}: {} app(s) [{}] from {}",
+        role.name(),
+        apps.len(),
+        apps.join(", "),
+        match source {
+            herald_config::AppSource::File => "the config file",
+            herald_config::AppSource::PusherEnv => "PUSHER_APP_*",
+            herald_config::AppSource::ReverbEnv => "REVERB_APP_*",
+            herald_config::AppSource::Development =>
+                "nowhere: the development app (never in production)",
+        }
+    );
+    let shown =
+        |addr: Option<SocketAddr>, default: &str| addr.map_or(default.into(), |a| a.to_string());
+    println!(
+        "  bind {}",
+        shown(config.bind, herald::listeners::DEFAULT_BIND)
+    );
+    println!(
+        "  metrics_bind {}",
+        shown(config.metrics_bind, herald::listeners::DEFAULT_METRICS_BIND)
+    );
+    if let Some(tls) = config.tls_bind {
+        println!("  tls_bind {tls} (certificate and key load)");
+    }
+    if role != Role::Standalone {
+        println!("  nats {}", config.nats.servers.join(","));
+    }
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
@@ -110,23 +195,20 @@ fn main() -> ExitCode {
         Command::Gateway(c) => (Role::Gateway, c.common, c.nats, c.node_id),
         Command::Ingest(c) => (Role::Ingest, c.common, c.nats, c.node_id),
         Command::Webhooks(command) => return admin_client::command(command),
+        Command::CheckConfig(check) => return check_config(check),
     };
     let format = match args.log_format {
         LogFormat::Text => herald_telemetry::LogFormat::Text,
         LogFormat::Json => herald_telemetry::LogFormat::Json,
     };
     let telemetry = herald_telemetry::init(format, &format!("herald-{}", role.name()));
-    let (config, source) = match load_config(&args, &nats) {
+    let (config, source) = match load_config(role, &args, &nats) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("herald: {e}");
             return ExitCode::from(2);
         }
     };
-    if role != Role::Standalone && config.nats.servers.is_empty() {
-        eprintln!("herald: {role:?} needs NATS: pass --nats URL[,URL...] or set nats.servers");
-        return ExitCode::from(2);
-    }
     herald::log_app_source(source);
     let node_id = node_id.unwrap_or_else(|| format!("{:08x}", rand::random::<u32>()));
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");

@@ -33,6 +33,9 @@ fn load(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
         .with_context(|| format!("cannot read TLS certificate {}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("invalid TLS certificate {}", cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!("no PEM certificate in {}", cert.display());
+    }
     let key = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("cannot read TLS key {}", key.display()))?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());

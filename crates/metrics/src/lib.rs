@@ -48,6 +48,12 @@ pub struct Metrics {
     pub bus_connected: prometheus::IntGauge,
     /// Times the bus connection was (re-)established.
     pub bus_connects: prometheus::IntCounter,
+    /// NATS messages the client dropped because a subscription's buffer overflowed.
+    pub nats_slow_consumers: prometheus::IntCounter,
+    /// 1 from the shutdown signal until the process exits.
+    draining: prometheus::IntGauge,
+    /// Always 1, labelled with the version and the role (see [`Metrics::set_role`]).
+    build_info: IntGaugeVec,
     /// Failed `accept` calls, by listener (client, tls, admin); see [`AcceptBackoff`].
     accept_errors: IntCounterVec,
     admin_routes: std::sync::OnceLock<Arc<dyn AdminRoutes>>,
@@ -171,6 +177,24 @@ impl Metrics {
                 "Bus (NATS) connections established, including reconnects.",
             )
             .expect("valid metric"),
+            nats_slow_consumers: prometheus::IntCounter::new(
+                "herald_nats_slow_consumers_total",
+                "Times the NATS client dropped messages of a subscription whose buffer overflowed (slow consumer).",
+            )
+            .expect("valid metric"),
+            draining: prometheus::IntGauge::new(
+                "herald_draining",
+                "1 while the process drains its connections before exiting.",
+            )
+            .expect("valid metric"),
+            build_info: IntGaugeVec::new(
+                Opts::new(
+                    "herald_build_info",
+                    "Always 1; labelled with the running Herald's version and role.",
+                ),
+                &["version", "role"],
+            )
+            .expect("valid metric"),
             accept_errors: IntCounterVec::new(
                 Opts::new(
                     "herald_accept_errors_total",
@@ -187,7 +211,16 @@ impl Metrics {
         core.add(core.bus_publish_failures.clone());
         core.add(core.bus_connected.clone());
         core.add(core.bus_connects.clone());
+        core.add(core.nats_slow_consumers.clone());
+        core.add(core.draining.clone());
+        core.add(core.build_info.clone());
         core.add(core.accept_errors.clone());
+        // process_cpu_seconds_total, process_open_fds, process_max_fds,
+        // process_resident_memory_bytes, ... (read from /proc at scrape time).
+        #[cfg(target_os = "linux")]
+        core.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
         core
     }
 
@@ -208,6 +241,20 @@ impl Metrics {
     /// Marks the process ready (listening) or not (starting, draining).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Names the role this process runs (standalone, gateway, ingest) in
+    /// `herald_build_info`, so that alerts and dashboards tell them apart.
+    pub fn set_role(&self, role: &str) {
+        self.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), role])
+            .set(1);
+    }
+
+    /// Marks the process as draining: unready for good, closing its connections.
+    pub fn set_draining(&self) {
+        self.set_ready(false);
+        self.draining.set(1);
     }
 
     /// Records the bus connection state.

@@ -325,8 +325,9 @@ async function waitUntil(proc, check, timeoutMs, what) {
 // NATS
 
 class NatsServer extends ManagedProcess {
-  constructor({ name, port, monitorPort, clusterPort, routes, storeDir }) {
+  constructor({ name, port, monitorPort, clusterPort, routes, storeDir, bin }) {
     super(`nats-server ${name} :${port}`);
+    this.bin = bin || NATS_SERVER_BIN;
     this.name = name;
     this.port = port;
     this.monitorPort = monitorPort;
@@ -350,7 +351,7 @@ class NatsServer extends ManagedProcess {
       args.push('--cluster', `nats://127.0.0.1:${this.clusterPort}`, '--cluster_name', 'herald');
       if (this.routes.length) args.push('--routes', this.routes.join(','));
     }
-    this._spawn(NATS_SERVER_BIN, args, {}, 'hx-e2e-nats');
+    this._spawn(this.bin, args, {}, 'hx-e2e-nats');
     return this;
   }
 
@@ -379,11 +380,14 @@ class NatsServer extends ManagedProcess {
   }
 }
 
-/** Start one nats-server with JetStream on free loopback ports in a fresh store dir and wait for it. */
+/**
+ * Start one nats-server with JetStream on free loopback ports in a fresh store dir and wait for it.
+ * `opts.bin` runs another nats-server binary than NATS_SERVER_BIN.
+ */
 async function startNats(opts = {}) {
   return retryPortRace(async (procs) => {
     const [port, monitorPort] = await freePorts(2);
-    const server = new NatsServer({ name: opts.name || 'n1', port, monitorPort, storeDir: mkTemp('nats-') });
+    const server = new NatsServer({ name: opts.name || 'n1', port, monitorPort, storeDir: mkTemp('nats-'), bin: opts.bin });
     procs.push(server);
     server.spawn();
     return server.waitReady(opts);
@@ -753,6 +757,7 @@ module.exports = {
   tcpConnects,
   httpStatus,
   httpJson,
+  waitUntil,
   clusterToml,
   startNats,
   startNatsCluster,

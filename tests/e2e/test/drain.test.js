@@ -84,11 +84,13 @@ test(`SIGTERM drains a gateway: 503 at once, ${CLIENTS} clients get 4200 spread 
   let exitedAt;
   stopping.then(() => (exitedAt = Date.now()), () => {});
   const readyz = [];
+  let draining; // herald_draining, read once /readyz says 503
   const sampling = (async () => {
     while (gwA.running) {
       const sentAt = Date.now();
       const status = await ch.httpStatus(`${gwA.metricsUrl}/readyz`, 500);
       if (gwA.running) readyz.push({ at: sentAt - t0, status });
+      if (status === 503 && draining === undefined) draining = await h.metricLine(gwA, 'herald_draining ').catch(() => undefined);
       await h.sleep(20);
     }
   })();
@@ -141,6 +143,7 @@ test(`SIGTERM drains a gateway: 503 at once, ${CLIENTS} clients get 4200 spread 
     '/readyz answers 503 from then until the process exits',
   );
 
+  assert.equal(draining, 1, 'herald_draining is 1 while the gateway drains');
   assert.ok(spread >= (DRAIN_WINDOW_S * 1000) / 2 - 100, `closes spread over at least ~half the window: ${spread} ms`);
   assert.ok(lastClose <= DRAIN_WINDOW_S * 1000 + 1000, `no close after window + 1 s: last at +${lastClose} ms`);
   assert.ok(maxReconnect <= RECONNECT_ALLOWANCE_MS, `every client reconnected within ${RECONNECT_ALLOWANCE_MS} ms of its close: max ${maxReconnect} ms`);

@@ -134,17 +134,18 @@ async function httpStatus(url) {
 async function startCollector() {
   const requests = [];
   const server = http.createServer((req, res) => {
-    let raw = '';
-    req.setEncoding('utf8');
-    req.on('data', (d) => (raw += d));
+    const chunks = [];
+    req.on('data', (d) => chunks.push(d));
     req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      const raw = body.toString('utf8');
       let json;
       try {
         json = JSON.parse(raw);
       } catch {
         json = undefined;
       }
-      requests.push({ method: req.method, path: req.url, contentType: req.headers['content-type'] || '', json, raw });
+      requests.push({ method: req.method, path: req.url, contentType: req.headers['content-type'] || '', headers: req.headers, json, raw, body });
       res.writeHead(200, { 'content-type': 'application/json' });
       res.end('{}');
     });
@@ -189,7 +190,7 @@ async function startCollector() {
 }
 
 /** OTEL_* variables of the caller's shell that would change what the test expects. */
-const FOREIGN_OTEL = ['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'OTEL_EXPORTER_OTLP_PROTOCOL', 'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL', 'OTEL_EXPORTER_OTLP_HEADERS', 'OTEL_TRACES_SAMPLER', 'OTEL_TRACES_SAMPLER_ARG', 'OTEL_SDK_DISABLED', 'OTEL_SERVICE_NAME', 'OTEL_RESOURCE_ATTRIBUTES'];
+const FOREIGN_OTEL = ['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'OTEL_EXPORTER_OTLP_PROTOCOL', 'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL', 'OTEL_EXPORTER_OTLP_HEADERS', 'OTEL_EXPORTER_OTLP_TRACES_HEADERS', 'OTEL_TRACES_SAMPLER', 'OTEL_TRACES_SAMPLER_ARG', 'OTEL_SDK_DISABLED', 'OTEL_TRACES_EXPORTER', 'OTEL_SERVICE_NAME', 'OTEL_RESOURCE_ATTRIBUTES'];
 
 /** Runs `fn` with process.env patched (cluster-harness passes process.env to the nodes it spawns). */
 async function withEnv(vars, fn) {
@@ -305,12 +306,16 @@ function markdownAnchors(text) {
 /** herald_* names in an expression, histogram series (_bucket/_sum/_count) folded onto their family. */
 function metricNames(expr, histograms) {
   const names = new Set();
-  for (const [n] of expr.matchAll(/\bherald_[a-zA-Z0-9_]+/g)) {
+  for (const [n] of expr.matchAll(/\b(?:herald|process)_[a-zA-Z0-9_]+/g)) {
     const base = n.replace(/_(bucket|sum|count)$/, '');
     names.add(base !== n && histograms.has(base) ? base : n);
   }
   return names;
 }
+
+// process_* series the dashboard leaves out: virtual memory says little about a Tokio server, threads are
+// fixed by the runtime, the start time shows as restarts on the version panel.
+const PROCESS_OFF_DASHBOARD = new Set(['process_virtual_memory_bytes', 'process_threads', 'process_start_time_seconds']);
 
 // Metrics of the bus, the KV state and the node liveness are checked against the cluster roles.
 const CLUSTER_FAMILY = /^herald_(bus|kv|nodes)_/;
@@ -640,7 +645,14 @@ test('the Grafana dashboard is a schemaVersion 39 dashboard with datasource/app/
     assert.ok(anchors.has(m[1]), `${r.name}: docs/operations.md has the section #${m[1]}`);
   }
   const exprOf = (re) => rules.filter((r) => re.test(r.expr));
-  assert.ok(exprOf(/sum\(herald_bus_connected\)/).length >= 1, 'an alert for "no ready gateway" (no pod with its bus connected)');
+  assert.ok(exprOf(/herald_bus_connected \* on \(namespace, job, instance\) herald_build_info\{role=~"gateway\|standalone"\}/).length >= 1, 'an alert for "no ready gateway" (no gateway pod with its bus connected)');
+  assert.ok(exprOf(/process_open_fds \/ process_max_fds > 0\.8/).length >= 1, 'an alert for open fds above 80 % of the maximum');
+  assert.ok(exprOf(/herald_kv_healthy/).some((r) => r.for === '1m'), 'an alert for KV unhealthy for 1 minute');
+  assert.ok(exprOf(/increase\(herald_webhook_queue_failures_total/).some((r) => r.for === '0m'), 'an alert for any webhook queue failure');
+  for (const r of rules) {
+    const grouped = [...r.expr.matchAll(/\b(sum|max|min|count)\b(?: by \(([^)]*)\))?/g)];
+    for (const [agg, op, by] of grouped) assert.ok(by && by.split(',').map((l) => l.trim()).includes('namespace'), `${r.name}: ${op} is grouped by namespace ("${agg}")`);
+  }
   assert.ok(exprOf(/^herald_bus_connected == 0$/).some((r) => r.for === '1m'), 'an alert for a pod whose bus is down for 1m');
   assert.ok(exprOf(/herald_slow_consumer_disconnects_total/).length >= 1, 'a slow-consumer alert');
   assert.ok(exprOf(/histogram_quantile\(0\.99,.*herald_delivery_latency_seconds_bucket.*> 0\.25$/).length >= 1, 'a delivery p99 > 250 ms alert');
@@ -706,9 +718,10 @@ test('every metric the dashboard and the alert rules query is exported by a runn
     // label names used in selectors and groupings exist on the metrics of the expression (not checkable for a
     // metric that was not exported at all here)
     if ([...names].some((n) => unchecked.has(n))) continue;
-    const known = new Set(['job', 'instance', 'le']);
+    // job, instance and (on Kubernetes) namespace and pod are the scrape target's labels
+    const known = new Set(['job', 'instance', 'namespace', 'pod', 'le']);
     for (const n of names) for (const l of labelsOf(n)) known.add(l);
-    for (const [, sel] of expr.matchAll(/herald_[a-zA-Z0-9_]+\{([^}]*)\}/g)) {
+    for (const [, sel] of expr.matchAll(/(?:herald|process)_[a-zA-Z0-9_]+\{([^}]*)\}/g)) {
       for (const [, label] of sel.matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)/g)) {
         if (!known.has(label)) missing.push(`${where}: label "${label}" is on none of ${[...names]}`);
       }
@@ -727,17 +740,18 @@ test('every metric the dashboard and the alert rules query is exported by a runn
   const exported = new Set([...standaloneFamilies, ...(clusterFamilies || [])]);
   const dashboardNames = new Set();
   for (const e of dashboardExprs(dashboard)) for (const n of metricNames(e.expr, histograms)) dashboardNames.add(n);
-  const notOnDashboard = [...exported].filter((n) => n.startsWith('herald_') && !dashboardNames.has(n));
-  assert.deepEqual(notOnDashboard, [], 'every exported herald_* metric is on the dashboard');
-  const undocumented = [...exported].filter((n) => n.startsWith('herald_') && !docs.includes(`\`${n}\``));
-  assert.deepEqual(undocumented, [], 'every exported herald_* metric is documented in docs/operations.md');
+  const ours = (n) => n.startsWith('herald_') || n.startsWith('process_');
+  const notOnDashboard = [...exported].filter((n) => ours(n) && !dashboardNames.has(n) && !PROCESS_OFF_DASHBOARD.has(n));
+  assert.deepEqual(notOnDashboard, [], 'every exported herald_* and process_* metric is on the dashboard');
+  const undocumented = [...exported].filter((n) => ours(n) && !docs.includes(`\`${n}\``));
+  assert.deepEqual(undocumented, [], 'every exported herald_* and process_* metric is documented in docs/operations.md');
   // ... and the metric tables of docs/operations.md name only metrics that exist
-  const documented = [...docs.matchAll(/^\| `(herald_[a-z0-9_]+)` \|/gm)].map((m) => m[1]);
+  const documented = [...docs.matchAll(/^\| `((?:herald|process)_[a-z0-9_]+)` \|/gm)].map((m) => m[1]);
   assert.ok(documented.length >= 20, `${documented.length} metrics in the tables of docs/operations.md`);
   const phantom = documented.filter((n) => !exported.has(n) && !(clusterSkip && CLUSTER_FAMILY.test(n)));
   assert.deepEqual(phantom, [], 'documented metrics that Herald does not export');
   // the documented type is the exported one
-  for (const [, name, type] of docs.matchAll(/^\| `(herald_[a-z0-9_]+)` \| (counter|gauge|histogram) \|/gm)) {
+  for (const [, name, type] of docs.matchAll(/^\| `((?:herald|process)_[a-z0-9_]+)` \| (counter|gauge|histogram) \|/gm)) {
     if (types.has(name)) assert.equal(types.get(name), type, `docs/operations.md: type of ${name}`);
   }
 });
@@ -745,10 +759,10 @@ test('every metric the dashboard and the alert rules query is exported by a runn
 // =========================================================================================================
 // tracing
 
-test('OTLP traces (standalone): http_api -> publish -> fan_out in one trace, exported as OTLP/HTTP JSON and flushed on SIGTERM', async () => {
+test('OTLP traces (standalone): http_api -> publish -> fan_out in one trace, exported as OTLP/HTTP JSON (OTEL_EXPORTER_OTLP_PROTOCOL=http/json) and flushed on SIGTERM', async () => {
   const collector = await startCollector();
   const otelEnv = Object.fromEntries(FOREIGN_OTEL.map((k) => [k, undefined]));
-  const server = await h.startHerald({ env: { ...otelEnv, OTEL_EXPORTER_OTLP_ENDPOINT: collector.url, RUST_LOG: 'info' } });
+  const server = await h.startHerald({ env: { ...otelEnv, OTEL_EXPORTER_OTLP_ENDPOINT: collector.url, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', RUST_LOG: 'info' } });
   const c = await h.connectedPusher(server);
   const chan = await h.subscribed(c, 'traced-orders');
   const got = h.nextEvent(chan, 'order.traced');
@@ -785,9 +799,49 @@ test('OTLP traces (standalone): http_api -> publish -> fan_out in one trace, exp
   assert.equal(fanOuts[0].attributes.recipients, '1', 'fan_out records its recipients');
 });
 
+test('OTLP traces (standalone) honour the standard OTEL_* variables: http/protobuf by default, headers, service name, resource attributes; grpc refused with a clear line', async () => {
+  const collector = await startCollector();
+  const otelEnv = Object.fromEntries(FOREIGN_OTEL.map((k) => [k, undefined]));
+  const server = await h.startHerald({
+    env: {
+      ...otelEnv,
+      OTEL_EXPORTER_OTLP_ENDPOINT: collector.url,
+      OTEL_EXPORTER_OTLP_HEADERS: 'x-tenant=shop-42',
+      OTEL_SERVICE_NAME: 'herald-eu-1',
+      OTEL_RESOURCE_ATTRIBUTES: 'deployment.environment=staging',
+      RUST_LOG: 'info',
+    },
+  });
+  const c = await h.connectedPusher(server);
+  const chan = await h.subscribed(c, 'proto-orders');
+  const got = h.nextEvent(chan, 'order.proto');
+  assert.equal((await server.sdk().trigger('proto-orders', 'order.proto', { id: 2 })).status, 200);
+  assert.deepEqual(await got, { id: 2 });
+  c.disconnect();
+  assert.equal(await server.stop(), 0, 'exit status after SIGTERM');
+  // protobuf strings are their UTF-8 bytes: span names and resource values show in the body
+  await h.waitFor(() => collector.requests.some((r) => r.body.includes('fan_out')), 5000, 'a protobuf batch with the fan_out span');
+  for (const r of collector.requests) {
+    assert.equal(r.path, '/v1/traces', 'OTLP/HTTP traces path');
+    assert.equal(r.contentType, 'application/x-protobuf', 'http/protobuf, the standard default');
+    assert.equal(r.headers['x-tenant'], 'shop-42', 'OTEL_EXPORTER_OTLP_HEADERS');
+    assert.equal(r.json, undefined, 'not JSON');
+  }
+  const body = Buffer.concat(collector.requests.map((r) => r.body));
+  for (const s of ['http_api', 'publish', 'fan_out', 'proto-orders', 'herald-eu-1', 'deployment.environment', 'staging']) {
+    assert.ok(body.includes(s), `"${s}" in the exported spans`);
+  }
+  assert.ok(!body.includes('herald-standalone'), 'OTEL_SERVICE_NAME replaces the default service name');
+
+  // gRPC is not built in: one clear line, and Herald runs without exporting
+  const grpc = await h.startHerald({ env: { ...otelEnv, OTEL_EXPORTER_OTLP_ENDPOINT: collector.url, OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc' } });
+  assert.match(grpc.stderr + grpc.stdout, /OTLP trace export disabled: OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not supported by this build; use http\/protobuf or http\/json/);
+  assert.equal(await grpc.stop(), 0);
+});
+
 clusterTest('OTLP traces (cluster): the ingest http_api -> publish and each gateway fan_out are one trace across three processes', async () => {
   const collector = await startCollector();
-  const otelEnv = { ...Object.fromEntries(FOREIGN_OTEL.map((k) => [k, undefined])), OTEL_EXPORTER_OTLP_ENDPOINT: collector.url, RUST_LOG: 'info' };
+  const otelEnv = { ...Object.fromEntries(FOREIGN_OTEL.map((k) => [k, undefined])), OTEL_EXPORTER_OTLP_ENDPOINT: collector.url, OTEL_EXPORTER_OTLP_PROTOCOL: 'http/json', RUST_LOG: 'info' };
   const nats = await ch.startNats();
   const { ingest, gwA, gwB } = await withEnv(otelEnv, async () => {
     const ingestNode = await ch.startIngest({ nats, nodeId: 'obs-trace-ingest' });
