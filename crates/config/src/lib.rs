@@ -257,6 +257,16 @@ pub struct AppConfig {
     pub max_connections: usize,
     #[serde(default = "default_max_presence_members")]
     pub max_presence_members: usize,
+    /// Presence channels for crowds (wire names starting with one of these,
+    /// e.g. `presence-user-presence`): members whose `user_info` has
+    /// `"watcher": true` get the member list and member events (in bursts);
+    /// the others only their own entry and the member count
+    /// (docs/presence.md, "Large presence channels").
+    #[serde(default)]
+    pub large_presence_prefixes: Vec<String>,
+    /// Members a large presence channel admits, cluster-wide.
+    #[serde(default = "default_max_large_presence_members")]
+    pub max_large_presence_members: usize,
     #[serde(default = "default_max_user_info")]
     pub max_presence_user_info_bytes: usize,
     #[serde(default = "default_max_payload")]
@@ -319,6 +329,9 @@ fn yes() -> bool {
 fn default_max_presence_members() -> usize {
     100
 }
+fn default_max_large_presence_members() -> usize {
+    20_000
+}
 fn default_max_user_info() -> usize {
     1024
 }
@@ -349,6 +362,8 @@ impl AppConfig {
             user_authentication_timeout: 0,
             max_connections: 0,
             max_presence_members: default_max_presence_members(),
+            large_presence_prefixes: Vec::new(),
+            max_large_presence_members: default_max_large_presence_members(),
             max_presence_user_info_bytes: default_max_user_info(),
             max_event_payload_bytes: default_max_payload(),
             max_channels_per_event: default_max_channels(),
@@ -359,6 +374,22 @@ impl AppConfig {
             max_api_requests_per_second: 0,
             allowed_origins: Vec::new(),
             webhooks: Vec::new(),
+        }
+    }
+
+    /// Whether `channel` is a large presence channel (see `large_presence_prefixes`).
+    pub fn is_large_presence(&self, channel: &str) -> bool {
+        self.large_presence_prefixes
+            .iter()
+            .any(|prefix| channel.starts_with(prefix.as_str()))
+    }
+
+    /// How many members the presence `channel` admits, cluster-wide.
+    pub fn member_cap(&self, channel: &str) -> usize {
+        if self.is_large_presence(channel) {
+            self.max_large_presence_members
+        } else {
+            self.max_presence_members
         }
     }
 
@@ -632,8 +663,19 @@ impl Config {
             if !keys.insert(&app.key) {
                 return Err(invalid(key("key"), "is used by another app"));
             }
+            if let Some(prefix) = app
+                .large_presence_prefixes
+                .iter()
+                .find(|p| !p.starts_with("presence-"))
+            {
+                return Err(invalid(
+                    key("large_presence_prefixes"),
+                    &format!("has `{prefix}`: every prefix must start with `presence-` (the channel's name on the wire)"),
+                ));
+            }
             for (field, value) in [
                 ("max_presence_members", app.max_presence_members),
+                ("max_large_presence_members", app.max_large_presence_members),
                 (
                     "max_presence_user_info_bytes",
                     app.max_presence_user_info_bytes,

@@ -6,6 +6,7 @@
 //! reference-count increment and a non-blocking queue push.
 
 use crate::count_throttle::{CountThrottle, Offer};
+use crate::crowd::Crowds;
 use crate::metrics::GatewayMetrics;
 use crate::peer::Peer;
 use bytes::Bytes;
@@ -35,6 +36,8 @@ pub struct AppHub {
     channels: RwLock<HashMap<String, Sockets>>,
     /// Signed-in sockets per user id, for `terminate_connections`.
     users: RwLock<HashMap<String, Sockets>>,
+    /// Watchers and pending member events of large presence channels.
+    pub crowds: Crowds,
 }
 
 /// Adds `peer` under `key`; `on_insert` runs while the map is still locked.
@@ -78,6 +81,7 @@ impl AppHub {
             peers: RwLock::default(),
             channels: RwLock::default(),
             users: RwLock::default(),
+            crowds: Crowds::default(),
         }
     }
 
@@ -190,6 +194,20 @@ impl Hub {
         self.deliver_event(&Envelope::new(app, channel, event, data));
     }
 
+    /// One burst of every large presence channel: member events to the
+    /// watchers, and the member counts that are due to every subscriber.
+    pub fn burst_crowds(&self, member_count: impl Fn(&str, &str) -> usize) {
+        let now = Instant::now();
+        for (app, hub) in &self.apps {
+            let burst = hub.crowds.burst(now);
+            self.metrics.count_burst(app, &burst);
+            for channel in burst.counts_due {
+                let count = member_count(app, &channel);
+                self.deliver_count(app, &channel, count);
+            }
+        }
+    }
+
     pub fn app(&self, app_id: &str) -> Option<&AppHub> {
         self.apps.get(app_id)
     }
@@ -254,6 +272,21 @@ impl Listener for Hub {
     /// Cluster-wide state transitions, told to this node's sockets only:
     /// every node gets the same transitions, so every socket hears each once.
     fn on_transition(&self, transition: &Transition, _origin: Option<&Origin>) {
+        if let Transition::MemberAdded { app, channel, .. }
+        | Transition::MemberRemoved { app, channel, .. } = transition
+        {
+            if let Some(hub) = self.apps.get(app) {
+                if hub.config.is_large_presence(channel) {
+                    let (user, info) = match transition {
+                        Transition::MemberAdded { user, info, .. } => (user, Some(info.as_str())),
+                        Transition::MemberRemoved { user, .. } => (user, None),
+                        _ => unreachable!("matched above"),
+                    };
+                    hub.crowds.member(channel, user, info);
+                    return;
+                }
+            }
+        }
         let (app, channel, event, data) = match transition {
             Transition::MemberAdded {
                 app,

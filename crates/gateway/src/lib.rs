@@ -13,6 +13,7 @@
 mod client_address;
 mod connection;
 mod count_throttle;
+mod crowd;
 pub mod hub;
 mod message;
 pub mod metrics;
@@ -92,6 +93,18 @@ pub struct Gateway {
     next_socket: AtomicU64,
 }
 
+/// Every [`crowd::BURST`], until the hub is gone: the large presence
+/// channels' member events and counts (see `crowd`).
+async fn burst_crowds(hub: std::sync::Weak<Hub>, state: Arc<ChannelState>) {
+    let mut every = tokio::time::interval(crowd::BURST);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        hub.burst_crowds(|app, channel| state.member_count(app, channel));
+    }
+}
+
 impl Gateway {
     /// Builds the gateway and registers its metric families into `metrics`.
     pub fn new(
@@ -106,10 +119,14 @@ impl Gateway {
         for app in apps {
             metrics.init_app(&app.id);
         }
+        let hub = Hub::new(apps, bus.clone(), metrics.clone());
+        if apps.iter().any(|a| !a.large_presence_prefixes.is_empty()) {
+            tokio::spawn(burst_crowds(Arc::downgrade(&hub), state.clone()));
+        }
         Arc::new(Self {
             settings,
             apps_by_key: apps.iter().map(|a| (a.key.clone(), a.clone())).collect(),
-            hub: Hub::new(apps, bus.clone(), metrics.clone()),
+            hub,
             state,
             bus,
             metrics,

@@ -103,6 +103,18 @@ impl GatewayMetrics {
 
     /// Creates the series of a configured app at zero, so that a fresh pod
     /// exports them and `increase()` sees the first event.
+    /// Counts the member event frames a large presence channel's burst queued.
+    pub fn count_burst(&self, app: &str, burst: &crate::crowd::Burst) {
+        if burst.frames > 0 {
+            self.messages_sent
+                .with_label_values(&[app, "internal"])
+                .inc_by(burst.frames as u64);
+            self.bytes_sent
+                .with_label_values(&[app])
+                .inc_by(burst.bytes as u64);
+        }
+    }
+
     pub fn init_app(&self, app: &str) {
         for gauge in [&self.connections, &self.subscriptions] {
             gauge.with_label_values(&[app]);

@@ -8,8 +8,7 @@ use herald_bus::Bus;
 use herald_config::Config;
 use herald_metrics::Metrics;
 use herald_state::kv::KvSettings;
-use herald_state::{ChannelState, KvMetrics};
-use std::collections::HashMap;
+use herald_state::{ChannelState, KvMetrics, MemberCaps};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,11 +30,8 @@ pub async fn open(
     node_id: &str,
 ) -> anyhow::Result<Backbone> {
     // Every node must admit the same members: the caps come from the shared config.
-    let member_caps: HashMap<String, usize> = config
-        .apps
-        .iter()
-        .map(|app| (app.id.clone(), app.max_presence_members))
-        .collect();
+    let apps: Vec<_> = config.apps.iter().cloned().map(Arc::new).collect();
+    let member_caps = MemberCaps::new(&apps);
     if role == Role::Standalone {
         metrics.set_bus_connected(true);
         // In-process state has no store to lose touch with.

@@ -10,7 +10,11 @@ use crate::Ingest;
 use herald_config::AppConfig;
 use herald_protocol::api::Info;
 use herald_protocol::ChannelName;
+use herald_state::Page;
 use serde_json::{json, Map, Value};
+
+/// Most user ids one page of `GET /channels/{name}/users?limit=` holds.
+const MAX_USERS_PAGE: usize = 10_000;
 
 impl Ingest {
     /// The occupied channels whose name starts with `filter_by_prefix`.
@@ -74,21 +78,43 @@ impl Ingest {
         Ok(body)
     }
 
-    /// The ids of the users in a presence channel.
-    pub(crate) fn list_users(&self, app: &AppConfig, name: &str) -> Result<Value, HttpError> {
+    /// The ids of the users in a presence channel: all of them (as Pusher
+    /// answers), or with `limit` (a Herald extension for large channels) a
+    /// page of them in id order after the `after` id, with `next_after` to
+    /// ask for the next page while there is one.
+    pub(crate) fn list_users(
+        &self,
+        app: &AppConfig,
+        name: &str,
+        params: &QueryParams,
+    ) -> Result<Value, HttpError> {
         let channel = parse_channel(name)?;
         if !channel.is_presence() {
             return Err(HttpError::bad_request(
                 "users are only available for presence channels",
             ));
         }
-        let users: Vec<Value> = self
-            .state
-            .users(&app.id, name)
-            .into_iter()
-            .map(|id| json!({ "id": id }))
-            .collect();
-        Ok(json!({ "users": users }))
+        let ids = |ids: Vec<String>| -> Vec<Value> {
+            ids.into_iter().map(|id| json!({ "id": id })).collect()
+        };
+        let Some(limit) = params.get("limit") else {
+            return Ok(json!({ "users": ids(self.state.users(&app.id, name)) }));
+        };
+        let limit = limit
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_USERS_PAGE).contains(l))
+            .ok_or_else(|| {
+                HttpError::bad_request(format!("limit must be 1 to {MAX_USERS_PAGE}"))
+            })?;
+        let after = params.get("after");
+        let (page, more) = self.state.users_page(&app.id, name, Page { after, limit });
+        let mut body = json!({});
+        if more {
+            body["next_after"] = page.last().cloned().into();
+        }
+        body["users"] = ids(page).into();
+        Ok(body)
     }
 
     /// The requested `info` attributes of one channel.

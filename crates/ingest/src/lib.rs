@@ -140,7 +140,7 @@ impl Ingest {
             Route::BatchEvents => self.trigger_batch(&app, &body).await,
             Route::Channels => self.list_channels(&app, &params),
             Route::Channel(name) => self.show_channel(&app, &name, &params),
-            Route::Users(name) => self.list_users(&app, &name),
+            Route::Users(name) => self.list_users(&app, &name, &params),
             Route::TerminateConnections(user_id) => self.terminate_connections(&app, user_id).await,
         }
     }

@@ -23,9 +23,8 @@ pub use error::StateError;
 use herald_protocol::unix_millis;
 use local::{Entry, Local};
 use parking_lot::RwLock;
-use std::collections::HashMap;
 use std::sync::Arc;
-pub use view::{CachedEvent, Change, ChannelSummary, Transition, View};
+pub use view::{CachedEvent, Change, ChannelSummary, MemberCaps, Page, Transition, View};
 
 /// The replicated write a transition came from: the entry's key and the
 /// revision of its last put (for a removal, the put being removed). Every
@@ -82,7 +81,7 @@ pub(crate) struct Replica {
 }
 
 impl Replica {
-    fn new(member_caps: HashMap<String, usize>) -> Self {
+    fn new(member_caps: MemberCaps) -> Self {
         Self {
             view: RwLock::new(View::with_member_caps(member_caps)),
             listeners: RwLock::default(),
@@ -136,7 +135,7 @@ enum Backend {
 impl ChannelState {
     /// The standalone state: one node, writes applied at once.
     /// `member_caps`: `max_presence_members` per app (see [`View::with_member_caps`]).
-    pub fn in_memory(member_caps: HashMap<String, usize>) -> Self {
+    pub fn in_memory(member_caps: MemberCaps) -> Self {
         Self {
             shared: Arc::new(Shared {
                 node: "local".into(),
@@ -153,7 +152,7 @@ impl ChannelState {
         client: async_nats::Client,
         node: &str,
         settings: &kv::KvSettings,
-        member_caps: HashMap<String, usize>,
+        member_caps: MemberCaps,
     ) -> Result<Self, StateError> {
         let shared = Arc::new(Shared {
             node: node.to_owned(),
@@ -380,6 +379,16 @@ impl ChannelState {
         self.view().users(app, channel)
     }
 
+    /// A page of a presence channel's user ids (see [`View::users_page`]).
+    pub fn users_page(&self, app: &str, channel: &str, page: Page<'_>) -> (Vec<String>, bool) {
+        self.view().users_page(app, channel, page)
+    }
+
+    /// Members of a presence channel, cluster-wide.
+    pub fn member_count(&self, app: &str, channel: &str) -> usize {
+        self.view().member_count(app, channel)
+    }
+
     pub fn channels(&self, app: &str, prefix: &str) -> Vec<ChannelSummary> {
         self.view().channels(app, prefix)
     }
@@ -413,7 +422,7 @@ mod tests {
 
     #[tokio::test]
     async fn local_connections_of_one_user_make_one_member() {
-        let state = ChannelState::in_memory(HashMap::new());
+        let state = ChannelState::in_memory(MemberCaps::default());
         let rec = Arc::new(Recorder::default());
         state.add_listener(rec.clone());
         state.join("a", "presence-x", "u1", "{}", 10).await.unwrap();
@@ -433,7 +442,7 @@ mod tests {
 
     #[tokio::test]
     async fn member_cap_counts_distinct_users() {
-        let state = ChannelState::in_memory(HashMap::new());
+        let state = ChannelState::in_memory(MemberCaps::default());
         state.join("a", "presence-x", "u1", "{}", 1).await.unwrap();
         state.join("a", "presence-x", "u1", "{}", 1).await.unwrap();
         assert_eq!(
@@ -444,7 +453,7 @@ mod tests {
 
     #[tokio::test]
     async fn counts_subscriptions_and_online_users() {
-        let state = ChannelState::in_memory(HashMap::new());
+        let state = ChannelState::in_memory(MemberCaps::default());
         state.subscribe("a", "orders");
         state.subscribe("a", "orders");
         assert_eq!(state.channel("a", "orders").subscription_count, 2);

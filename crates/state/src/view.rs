@@ -8,8 +8,10 @@
 //! leaves) are therefore the same on every node: each node tells its own
 //! sockets, and every socket in the cluster hears each transition once.
 
+use herald_config::AppConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 /// The last event of a cache channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,16 +128,44 @@ pub struct ChannelSummary {
 #[derive(Default, Debug)]
 pub struct View {
     apps: HashMap<String, AppView>,
-    /// `max_presence_members` per app: a member entry for a new user of a
-    /// channel that already has this many is refused. Every node folds the
-    /// same stream with the same caps, so every node refuses the same entry.
-    member_caps: HashMap<String, usize>,
+    /// A member entry for a new user of a channel that already has its
+    /// app's cap of members is refused. Every node folds the same stream
+    /// with the same caps, so every node refuses the same entry.
+    member_caps: MemberCaps,
+}
+
+/// Which member ids [`View::users_page`] lists: up to `limit` after `after`.
+#[derive(Debug, Clone, Copy)]
+pub struct Page<'a> {
+    pub after: Option<&'a str>,
+    pub limit: usize,
+}
+
+/// How many members each presence channel admits, from the apps' shared
+/// config: `max_presence_members`, or `max_large_presence_members` on a
+/// large presence channel. No cap for apps not named.
+#[derive(Default, Debug, Clone)]
+pub struct MemberCaps(HashMap<String, Arc<AppConfig>>);
+
+impl MemberCaps {
+    pub fn new<'a>(apps: impl IntoIterator<Item = &'a Arc<AppConfig>>) -> Self {
+        Self(
+            apps.into_iter()
+                .map(|a| (a.id.clone(), a.clone()))
+                .collect(),
+        )
+    }
+
+    pub fn cap(&self, app: &str, channel: &str) -> usize {
+        self.0
+            .get(app)
+            .map_or(usize::MAX, |a| a.member_cap(channel))
+    }
 }
 
 impl View {
-    /// An empty view that admits at most `member_caps[app]` members per
-    /// presence channel (no cap for apps not named).
-    pub fn with_member_caps(member_caps: HashMap<String, usize>) -> Self {
+    /// An empty view that admits at most `member_caps` members per presence channel.
+    pub fn with_member_caps(member_caps: MemberCaps) -> Self {
         Self {
             apps: HashMap::new(),
             member_caps,
@@ -216,7 +246,7 @@ impl View {
         node: String,
         info: Option<String>,
     ) -> Option<Transition> {
-        let cap = self.member_caps.get(&app).copied().unwrap_or(usize::MAX);
+        let cap = self.member_caps.cap(&app, &channel);
         let app_view = self.apps.entry(app.clone()).or_default();
         let entry = app_view.channels.entry(channel.clone()).or_default();
         let transition = match info {
@@ -401,6 +431,21 @@ impl View {
             );
         }
         serde_json::json!({ "count": ids.len(), "ids": ids, "hash": hash })
+    }
+
+    /// A page of a presence channel's member ids, in id order, and whether
+    /// more follow.
+    pub fn users_page(&self, app: &str, channel: &str, page: Page<'_>) -> (Vec<String>, bool) {
+        use std::ops::Bound;
+        let Some(members) = self.channel(app, channel).map(|c| &c.members) else {
+            return (Vec::new(), false);
+        };
+        let start = page
+            .after
+            .map_or(Bound::Unbounded, |a| Bound::Excluded(a.to_owned()));
+        let mut ids = members.range((start, Bound::Unbounded)).map(|(id, _)| id);
+        let ids_of_page: Vec<String> = ids.by_ref().take(page.limit).cloned().collect();
+        (ids_of_page, ids.next().is_some())
     }
 
     /// User ids of a presence channel's members.
@@ -608,8 +653,9 @@ mod tests {
 
     #[test]
     fn a_full_channel_refuses_new_members_in_stream_order_on_every_node() {
-        let caps = HashMap::from([("a".to_owned(), 1)]);
-        let mut v = View::with_member_caps(caps);
+        let mut app = AppConfig::new("a", "k", "s");
+        app.max_presence_members = 1;
+        let mut v = View::with_member_caps(MemberCaps::new([&Arc::new(app)]));
         assert!(v.apply(member("u1", "n1", Some("{}"))).is_some());
         // Another node's join of a second user lost the race: refused everywhere.
         assert_eq!(v.apply(member("u2", "n2", Some("{}"))), None);
@@ -620,5 +666,32 @@ mod tests {
         assert!(v.owned_by("n2").contains(&member("u2", "n2", None)));
         assert_eq!(v.apply(member("u2", "n2", None)), None);
         assert!(!v.owned_by("n2").contains(&member("u2", "n2", None)));
+    }
+
+    #[test]
+    fn a_large_presence_channel_has_its_own_cap() {
+        let mut app = AppConfig::new("a", "k", "s");
+        app.max_presence_members = 1;
+        app.large_presence_prefixes = vec!["presence-crowd".into()];
+        app.max_large_presence_members = 3;
+        let mut v = View::with_member_caps(MemberCaps::new([&Arc::new(app)]));
+        let crowd = |user: &str| Change::Member {
+            app: "a".into(),
+            channel: "presence-crowd-1".into(),
+            user: user.into(),
+            node: "n1".into(),
+            info: Some("{}".into()),
+        };
+        for user in ["u1", "u2", "u3"] {
+            assert!(v.apply(crowd(user)).is_some(), "{user} admitted");
+        }
+        assert_eq!(v.apply(crowd("u4")), None, "the fourth is refused");
+        assert_eq!(v.member_count("a", "presence-crowd-1"), 3);
+        assert!(v.apply(member("u1", "n1", Some("{}"))).is_some());
+        assert_eq!(
+            v.apply(member("u2", "n1", Some("{}"))),
+            None,
+            "other channels keep max_presence_members"
+        );
     }
 }

@@ -47,7 +47,10 @@ pub(super) fn accept(
         channel,
         data,
     } = sent;
-    let presence_user = subscriptions[&channel].presence_user.as_deref();
+    let presence_user = subscriptions[&channel]
+        .member
+        .as_ref()
+        .map(|m| m.user_id.as_str());
     if cx.webhooks.wants(&cx.app.id, WebhookKind::ClientEvent) {
         let webhook = WebhookEvent {
             event: Some(event.clone()),

@@ -36,8 +36,8 @@ const MAX_USER_ID_LEN: usize = 128;
 
 struct Subscription {
     name: ChannelName,
-    /// The user id this socket joined a presence channel as.
-    presence_user: Option<String>,
+    /// Who this socket joined a presence channel as.
+    member: Option<presence::Member>,
 }
 
 /// A socket's subscriptions by channel name.

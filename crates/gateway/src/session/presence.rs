@@ -27,6 +27,19 @@ pub(super) struct Member {
     pub info: String,
 }
 
+impl Member {
+    /// Whether the signed `user_info` asks for the member list and member
+    /// events of a large presence channel (`"watcher": true`).
+    pub fn is_watcher(&self) -> bool {
+        #[derive(Deserialize)]
+        struct Info {
+            #[serde(default)]
+            watcher: bool,
+        }
+        serde_json::from_str::<Info>(&self.info).is_ok_and(|i| i.watcher)
+    }
+}
+
 /// Joins `channel` as the member `channel_data` (or the signed-in user)
 /// names. `member_added` reaches the other subscribers during the join;
 /// this socket joins the local fan-out only afterwards, so it never hears
@@ -51,7 +64,7 @@ pub(super) async fn join(
         channel,
         &member.user_id,
         &member.info,
-        cx.app.max_presence_members,
+        cx.app.member_cap(channel),
     );
     if let Err(JoinError::Full { max }) = joined.await {
         let why = format!("presence channel is full ({max} members)");
@@ -89,10 +102,26 @@ fn member(channel_data: Option<&str>, user: Option<&User>) -> Result<Member, Ref
 /// `subscription_succeeded` with the channel's member list (and `member`),
 /// queued atomically with respect to member transitions: pusher-js replaces
 /// its list with this snapshot, so a `member_added` queued before it must be
-/// in it.
+/// in it. On a large presence channel only a watcher gets the list (and
+/// becomes one under the same lock); any other member gets itself and the
+/// count (see `crate::crowd`).
 pub(super) fn send_snapshot(cx: &Context<'_>, channel: &str, member: &Member) {
+    if cx.app.is_large_presence(channel) && !member.is_watcher() {
+        let mut presence = serde_json::json!({
+            "count": cx.state.member_count(&cx.app.id, channel),
+            "ids": [],
+            "hash": {},
+        });
+        include_member(&mut presence, &member.user_id, &member.info);
+        cx.send_text(&message::subscription_succeeded(channel, Some(presence)));
+        return;
+    }
     cx.state
         .with_presence_data(&cx.app.id, channel, |mut presence| {
+            if cx.app.is_large_presence(channel) {
+                let told = cx.hub.crowds.add_watcher(channel, cx.peer);
+                cx.metrics.count_burst(&cx.app.id, &told);
+            }
             include_member(&mut presence, &member.user_id, &member.info);
             cx.send_text(&message::subscription_succeeded(channel, Some(presence)));
         });
@@ -109,12 +138,18 @@ fn include_member(presence: &mut serde_json::Value, user: &str, info: &str) {
     presence["hash"][user] = info;
     if let Some(ids) = presence["ids"].as_array_mut() {
         ids.push(user.into());
-        let count = ids.len();
+        let listed = ids.len();
+        // A large channel's short list still carries the channel's count,
+        // which may not have the joiner yet either.
+        let count = presence["count"].as_u64().unwrap_or(0).max(listed as u64);
         presence["count"] = count.into();
     }
 }
 
+/// Leaves the channel's member set; a watcher stops watching first, so it
+/// does not hear its own departure.
 pub(super) async fn leave(cx: &Context<'_>, channel: &str, user_id: &str) {
+    cx.hub.crowds.remove_watcher(channel, cx.peer.socket_id());
     cx.state.leave(&cx.app.id, channel, user_id);
 }
 

@@ -73,13 +73,9 @@ async fn try_subscribe(
         return acknowledge_own_user_channel(cx, user, &name).map(|()| false);
     }
     if let Some(existing) = subscriptions.get(channel) {
-        if existing.name.is_presence() {
-            cx.state
-                .with_presence_data(&cx.app.id, channel, |presence| {
-                    cx.send_text(&message::subscription_succeeded(channel, Some(presence)));
-                });
-        } else {
-            cx.send_text(&message::subscription_succeeded(channel, None));
+        match &existing.member {
+            Some(member) => presence::send_snapshot(cx, channel, member),
+            None => cx.send_text(&message::subscription_succeeded(channel, None)),
         }
         return Ok(false);
     }
@@ -100,14 +96,7 @@ async fn try_subscribe(
     acknowledge(cx, &name, member.as_ref());
     report_cache(cx, &name);
     let authorized = name.requires_auth();
-    let presence_user = member.map(|member| member.user_id);
-    subscriptions.insert(
-        channel.to_owned(),
-        Subscription {
-            name,
-            presence_user,
-        },
-    );
+    subscriptions.insert(channel.to_owned(), Subscription { name, member });
     Ok(authorized)
 }
 
@@ -214,8 +203,8 @@ pub(super) async fn unsubscribe(
         .subscriptions
         .with_label_values(&[&cx.app.id])
         .dec();
-    if let Some(user_id) = sub.presence_user {
-        presence::leave(cx, channel, &user_id).await;
+    if let Some(member) = sub.member {
+        presence::leave(cx, channel, &member.user_id).await;
     }
     cx.state.unsubscribe(&cx.app.id, channel);
 }
