@@ -1,4 +1,4 @@
-"""Lint the chart and render it with every scenario; validate each manifest against the Kubernetes schemas."""
+"""Lint the chart and render it with every scenario; validate each manifest for several Kubernetes versions."""
 
 from __future__ import annotations
 
@@ -6,11 +6,8 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 
-from conftest import CHART, KUBE_VERSION, NAMESPACE, RELEASE, SCENARIOS, scenario_values
-
-# API groups of Prometheus Operator CRDs: kubernetes-validate has no schema for them, their structure is asserted
-# in test_monitoring.py instead.
-CRD_GROUPS = ("monitoring.coreos.com/",)
+from conftest import CHART, KUBE_VERSIONS, NAMESPACE, RELEASE, SCENARIOS, scenario_values
+from crd_schemas import is_custom_resource, validate_custom_resource
 
 # Lint findings that are expected offline: the NATS dependency is declared but not downloaded into charts/
 # (`helm dependency build` does that before an install with nats.enabled=true).
@@ -19,9 +16,10 @@ EXPECTED_LINT = ("chart directory is missing these dependencies: nats",)
 INFO, WARNING, ERROR = 1, 2, 3
 
 
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_lint_has_no_errors_or_unexpected_warnings(scenario):
-    report = helm.lint(CHART, scenario_values(scenario), namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}")
+def test_lint_has_no_errors_or_unexpected_warnings(scenario, kube_version):
+    report = helm.lint(CHART, scenario_values(scenario), namespace=NAMESPACE, kube_version=f"v{kube_version}")
     problems = [
         m for m in report["messages"] if m["severity"] >= WARNING and not any(e in m["error"] for e in EXPECTED_LINT)
     ]
@@ -29,26 +27,76 @@ def test_lint_has_no_errors_or_unexpected_warnings(scenario):
     assert problems == [], problems
 
 
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_every_manifest_is_valid_for_kubernetes(rendered, scenario):
+def test_every_manifest_is_valid_for_kubernetes(rendered, scenario, kube_version):
+    """Kubernetes' own kinds against kubernetes-validate's strict schemas (no unknown field anywhere); the custom
+    resources against crd_schemas.py, equally strict, with metadata checked as Kubernetes' ObjectMeta."""
     r = rendered[scenario]
     assert r.docs, "nothing rendered"
     validated = []
     for doc, origin in zip(r.docs, r.origins):
         where = f"{origin}: {doc.get('kind')} {doc.get('metadata', {}).get('name')}"
         assert {"apiVersion", "kind", "metadata"} <= doc.keys(), where
-        if doc["apiVersion"].startswith(CRD_GROUPS):
-            continue
-        try:
-            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
-        except kubernetes_validate.ValidationError as e:
-            path = ".".join(str(p) for p in e.path)
-            pytest.fail(f"{where} is not valid for Kubernetes {KUBE_VERSION}: {path}: {e.message}")
-        except kubernetes_validate.SchemaNotFoundError as e:
-            pytest.fail(f"{where}: no schema ({e.message}): an API version Kubernetes {KUBE_VERSION} does not serve")
+        if is_custom_resource(doc):
+            problems = validate_custom_resource(doc, kube_version)
+            assert problems == [], f"{where} is not a valid {doc['kind']}: {problems}"
+        else:
+            try:
+                kubernetes_validate.validate(doc, kube_version, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                path = ".".join(str(p) for p in e.path)
+                pytest.fail(f"{where} is not valid for Kubernetes {kube_version}: {path}: {e.message}")
+            except kubernetes_validate.SchemaNotFoundError as e:
+                pytest.fail(f"{where}: no schema ({e.message}): an API version Kubernetes {kube_version} does not serve")
         validated.append(doc["kind"])
     # the core objects of every scenario
     assert {"Deployment", "Service", "ConfigMap", "ServiceAccount"} <= set(validated), validated
+
+
+@pytest.mark.parametrize(
+    ("doc", "problem"),
+    [
+        pytest.param(
+            {"rules": [{"backendRefs": [{"name": "svc", "port": 6001}], "timeout": {"request": "0s"}}]},
+            "Additional properties are not allowed ('timeout' was unexpected)",
+            id="misspelt-field",
+        ),
+        pytest.param({"rules": [{"timeouts": {"request": "1 hour"}}]}, "does not match", id="bad-duration"),
+        pytest.param({"rules": [{"backendRefs": [{"name": "svc"}]}]}, "Must have port for Service reference", id="service-without-port"),
+        pytest.param(
+            {"rules": [{"timeouts": {"request": "10s", "backendRequest": "1m"}}]},
+            "backendRequest timeout cannot be longer than request timeout",
+            id="backend-timeout-longer",
+        ),
+        pytest.param({"rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "app"}}]}]}, "not a valid absolute path", id="relative-path"),
+        pytest.param({"parentRefs": [{"name": "gw"}, {"name": "gw"}]}, "sectionName must be unique", id="same-parent-twice"),
+    ],
+)
+def test_the_httproute_schema_catches_mistakes(doc, problem):
+    """crd_schemas.py is not vacuous: a broken HTTPRoute is refused."""
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r"}, "spec": doc}
+    problems = validate_custom_resource(route, KUBE_VERSIONS[-1])
+    assert any(problem in p for p in problems), problems
+
+
+def test_the_monitoring_schemas_catch_mistakes():
+    monitor = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": {"name": "m", "labelz": {}},
+        "spec": {"selector": {}, "endpoints": [{"port": "metrics", "interval": "30"}]},
+    }
+    problems = validate_custom_resource(monitor, KUBE_VERSIONS[-1])
+    assert any(p.startswith("metadata:") and "labelz" in p for p in problems), problems
+    assert any(p.startswith("spec.endpoints.0.interval:") for p in problems), problems
+    rule = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "r"},
+        "spec": {"groups": [{"name": "g", "rules": [{"alert": "A", "expr": "up", "annotations": {"n": 1}}]}]},
+    }
+    assert any("annotations.n" in p for p in validate_custom_resource(rule, KUBE_VERSIONS[-1]))
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
