@@ -5,6 +5,7 @@ from __future__ import annotations
 import helm_python as helm
 import kubernetes_validate
 import pytest
+import yaml
 
 from conftest import CHART, KUBE_VERSIONS, NAMESPACE, RELEASE, SCENARIOS, scenario_values
 from crd_schemas import is_custom_resource, validate_custom_resource
@@ -52,6 +53,27 @@ def test_every_manifest_is_valid_for_kubernetes(rendered, scenario, kube_version
         validated.append(doc["kind"])
     # the core objects of every scenario
     assert {"Deployment", "Service", "ConfigMap", "ServiceAccount"} <= set(validated), validated
+
+
+def test_every_kind_the_chart_can_render_is_validated(rendered):
+    """No kind slips through unvalidated: across the scenarios, each rendered kind either has a kubernetes-validate
+    schema or one in crd_schemas.py, and every optional kind of the chart appears in some scenario."""
+    kinds = {(d["apiVersion"], d["kind"]) for s in SCENARIOS for d in rendered[s].docs}
+    assert {
+        ("apps/v1", "Deployment"),
+        ("v1", "Service"),
+        ("v1", "ConfigMap"),
+        ("v1", "Secret"),
+        ("v1", "ServiceAccount"),
+        ("autoscaling/v2", "HorizontalPodAutoscaler"),
+        ("policy/v1", "PodDisruptionBudget"),
+        ("networking.k8s.io/v1", "Ingress"),
+        ("networking.k8s.io/v1", "NetworkPolicy"),
+        ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+        ("monitoring.coreos.com/v1", "ServiceMonitor"),
+        ("monitoring.coreos.com/v1", "PodMonitor"),
+        ("monitoring.coreos.com/v1", "PrometheusRule"),
+    } == kinds
 
 
 @pytest.mark.parametrize(
@@ -115,18 +137,34 @@ def test_names_labels_and_namespace(rendered, scenario):
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
 
 
+def test_long_release_names_stay_within_63_characters(chart):
+    """Object names are cut so that each role's names, "-standalone-admin" included, stay valid and distinct."""
+    release = "a-release-name-that-is-long-enough-to-be-cut-by-the-chart-x"
+    values = {"networkPolicy": {"enabled": True}, "metrics": {"dashboard": {"enabled": False}}}
+    for mode in ("cluster", "standalone"):
+        files = chart.render({**values, "mode": mode}, name=release, namespace=NAMESPACE, is_install=True)
+        docs = [d for path, text in files.items() if not path.endswith("NOTES.txt") for d in yaml.safe_load_all(text) if d]
+        names = [(d["kind"], d["metadata"]["name"]) for d in docs]
+        assert len(names) == len(set(names)), names
+        for kind, name in names:
+            assert len(name) <= 63, (kind, name, len(name))
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_services_select_their_deployments(rendered, scenario):
     r = rendered[scenario]
-    for role in ("gateway", "ingest"):
-        service = r.one("Service", f"{RELEASE}-herald-{role}")
+    for role in r.roles:
         deployment = r.deployment(role)
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
-        selector = service["spec"]["selector"]
-        assert selector.items() <= pod_labels.items(), (selector, pod_labels)
         assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-        # the other role's pods are not selected
-        other = r.deployment("ingest" if role == "gateway" else "gateway")
-        assert not selector.items() <= other["spec"]["template"]["metadata"]["labels"].items()
-        ports = {p["name"]: p for p in r.container(role)["ports"]}
-        assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports.keys()
+        container_ports = {p["name"] for p in r.container(role)["ports"]}
+        for name in (f"{RELEASE}-herald-{role}", f"{RELEASE}-herald-{role}-admin"):
+            service = r.one("Service", name)
+            selector = service["spec"]["selector"]
+            assert selector.items() <= pod_labels.items(), (selector, pod_labels)
+            # no other role's pods are selected
+            for other in set(r.roles) - {role}:
+                assert not selector.items() <= r.deployment(other)["spec"]["template"]["metadata"]["labels"].items()
+            assert {p["targetPort"] for p in service["spec"]["ports"]} <= container_ports
+    assert len(r.of_kind("Deployment")) == len(r.roles)
+    assert len(r.of_kind("Service")) == 2 * len(r.roles)
