@@ -2,7 +2,8 @@
 
 The chart is linted and rendered offline with helm-python-sdk, which bundles Helm's Go library (no helm binary,
 no cluster, no network); every rendered manifest is checked against the Kubernetes OpenAPI schemas that
-kubernetes-validate ships.
+kubernetes-validate ships, for several Kubernetes versions, and the custom resources (HTTPRoute, ServiceMonitor,
+PodMonitor, PrometheusRule) against the schemas of crd_schemas.py.
 """
 
 from __future__ import annotations
@@ -20,9 +21,26 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "herald"
 VALUES_DIR = Path(__file__).resolve().parent / "values"
 
-# Kubernetes version the manifests are validated against (a schema set bundled by kubernetes-validate) and the
-# version Helm lints for. Override with KUBE_VERSION=1.33.0 scripts/test-chart.
-KUBE_VERSION = os.environ.get("KUBE_VERSION", "1.34.0")
+# Kubernetes versions the manifests are validated against (schema sets bundled by kubernetes-validate) and Helm
+# lints for: the chart's minimum (kubeVersion >=1.25), every third minor release, and the newest schema set that
+# kubernetes-validate ships. Override with KUBE_VERSIONS="1.30.0 1.33.0", KUBE_VERSIONS=all (every version from 1.25
+# on that kubernetes-validate has), or KUBE_VERSION=1.33.0 (that one only).
+DEFAULT_KUBE_VERSIONS = ["1.25.0", "1.28.0", "1.31.0", "1.34.0", "1.37.0"]
+
+
+def kube_versions() -> list[str]:
+    if os.environ.get("KUBE_VERSION"):
+        return [os.environ["KUBE_VERSION"]]
+    wanted = os.environ.get("KUBE_VERSIONS", "").split()
+    if wanted == ["all"]:
+        from kubernetes_validate.utils import all_versions
+        from packaging.version import Version
+
+        return [v for v in all_versions() if Version(v) >= Version("1.25.0")]
+    return wanted or DEFAULT_KUBE_VERSIONS
+
+
+KUBE_VERSIONS = kube_versions()
 
 RELEASE = "rel"
 NAMESPACE = "realtime"
@@ -55,8 +73,20 @@ class Rendered:
         assert len(found) == 1, f"expected one {kind} {name or ''}, got {[d['metadata']['name'] for d in found]}"
         return found[0]
 
+    @property
+    def standalone(self) -> bool:
+        return self.merged.get("mode") == "standalone"
+
+    @property
+    def roles(self) -> list[str]:
+        """The roles this render deploys: gateway and ingest, or standalone."""
+        return ["standalone"] if self.standalone else ["gateway", "ingest"]
+
     def deployment(self, role: str) -> dict[str, Any]:
         return self.one("Deployment", f"{RELEASE}-herald-{role}")
+
+    def pod(self, role: str) -> dict[str, Any]:
+        return self.deployment(role)["spec"]["template"]["spec"]
 
     def container(self, role: str) -> dict[str, Any]:
         return self.deployment(role)["spec"]["template"]["spec"]["containers"][0]

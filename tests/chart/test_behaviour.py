@@ -1,4 +1,8 @@
-"""What an operator relies on: routing, shutdown timing, probes, node ids, NATS, secrets, autoscaling, TLS."""
+"""What an operator relies on: routing, shutdown timing, probes, node ids, NATS, secrets, autoscaling, TLS.
+
+The options added for issue 18 (standalone mode, HTTPRoute, NetworkPolicy, admin Services, extra volumes, Herald's
+own TLS, client events from the environment) have their own files: test_standalone.py, test_gateway_api.py,
+test_network_policy.py, test_pods.py; the monitoring objects are in test_monitoring.py."""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RELEASE, REPO, SCENARIOS
+from conftest import RELEASE, REPO, SCENARIOS, scenario_values
 
 GATEWAY = f"{RELEASE}-herald-gateway"
 INGEST = f"{RELEASE}-herald-ingest"
@@ -21,6 +25,7 @@ ROLES = ("gateway", "ingest")
 TOP_LEVEL_KEYS = {
     "bind", "metrics_bind", "activity_timeout", "pong_timeout", "max_message_bytes", "outbox_capacity",
     "write_timeout", "header_timeout", "body_timeout", "max_connections_per_ip", "trusted_proxies",
+    "tls_bind", "tls_cert", "tls_key",
     "drain_window", "shutdown_timeout", "webhook_hold_back_ms", "webhook_batch_ms",
     "webhook_batch_size", "webhook_timeout_ms", "webhook_retry_window_secs", "webhook_max_pending",
     "max_connections", "nats", "apps",
@@ -51,7 +56,7 @@ def secret_data(r, name=f"{RELEASE}-herald"):
 
 def config_toml(r) -> str | None:
     """config.toml as the pods see it (ConfigMap, or the chart's Secret with apps.source=config)."""
-    volume = next(v for v in r.deployment("gateway")["spec"]["template"]["spec"]["volumes"] if v["name"] == "config")
+    volume = next(v for v in r.pod(r.roles[0])["volumes"] if v["name"] == "config")
     if "configMap" in volume:
         return r.one("ConfigMap", volume["configMap"]["name"])["data"]["config.toml"]
     data = secret_data(r, volume["secret"]["secretName"])
@@ -100,23 +105,27 @@ def test_no_ingress_by_default(rendered):
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_gateway_grace_period_outlasts_drain_window_and_shutdown_timeout(rendered, scenario):
+    """Gateways and the standalone pod drain; their grace period covers preStop + drain + shutdown_timeout."""
     r = rendered[scenario]
-    env = r.env("gateway")
+    role = "standalone" if r.standalone else "gateway"
+    env = r.env(role)
     drain = int(env["HERALD_DRAIN_WINDOW"]["value"])
-    assert drain == r.merged["gateway"]["drainWindow"]
+    assert drain == r.merged[role]["drainWindow"]
     shutdown_timeout = tomllib.loads(config_toml(r))["shutdown_timeout"]
-    pod = r.deployment("gateway")["spec"]["template"]["spec"]
+    pod = r.pod(role)
     pre_stop = 0
     lifecycle = pod["containers"][0].get("lifecycle")
     if lifecycle:
         command = lifecycle["preStop"]["exec"]["command"]
         assert command[0] == "sleep"
         pre_stop = int(command[1])
-    assert pre_stop == r.merged["gateway"]["preStopSleepSeconds"]
+    assert pre_stop == r.merged[role]["preStopSleepSeconds"]
     grace = pod["terminationGracePeriodSeconds"]
     assert grace > pre_stop + drain + shutdown_timeout, (grace, pre_stop, drain, shutdown_timeout)
+    if r.standalone:
+        return
     # the ingest has no drain window; its grace period still covers its preStop sleep
-    ingest_pod = r.deployment("ingest")["spec"]["template"]["spec"]
+    ingest_pod = r.pod("ingest")
     assert ingest_pod["terminationGracePeriodSeconds"] > r.merged["ingest"]["preStopSleepSeconds"]
     assert "HERALD_DRAIN_WINDOW" not in r.env("ingest")
 
@@ -129,21 +138,29 @@ def test_a_grace_period_shorter_than_the_drain_is_refused(chart):
         render(chart, {"gateway": {"terminationGracePeriodSeconds": 40}})
     ok = render(chart, {"gateway": {"terminationGracePeriodSeconds": 41}})
     assert ok.deployment("gateway")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 41
+    # standalone: 0 preStop + 10 drain + 5 shutdown_timeout
+    with pytest.raises(helm.HelmRenderError, match=r"standalone.terminationGracePeriodSeconds \(15\) must be larger than 15 s \(standalone.preStopSleepSeconds"):
+        render(chart, {"mode": "standalone", "standalone": {"drainWindow": 10, "terminationGracePeriodSeconds": 15}})
+    ok = render(chart, {"mode": "standalone", "standalone": {"drainWindow": 10}})
+    assert ok.pod("standalone")["terminationGracePeriodSeconds"] == 30
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
-@pytest.mark.parametrize("role", ROLES)
-def test_probes_liveness_healthz_readiness_readyz_on_the_admin_port(rendered, scenario, role):
+def test_probes_liveness_healthz_readiness_readyz_on_the_admin_port(rendered, scenario):
     r = rendered[scenario]
-    container = r.container(role)
-    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": 6001, "metrics": 9601}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
-    env = r.env(role)
-    assert env["HERALD_METRICS_BIND"]["value"] == "0.0.0.0:9601"
-    assert env["HERALD_BIND"]["value"] == "0.0.0.0:6001"
-    assert container["args"] == [role]
+    for role in r.roles:
+        container = r.container(role)
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        expected = {"http": 6001, "metrics": 9601}
+        if "tls_bind" in r.merged["config"]:
+            expected["https"] = int(r.merged["config"]["tls_bind"].rsplit(":", 1)[1])
+        assert ports == expected
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+        env = r.env(role)
+        assert env["HERALD_METRICS_BIND"]["value"] == "0.0.0.0:9601"
+        assert env["HERALD_BIND"]["value"] == "0.0.0.0:6001"
+        assert container["args"] == [role]
 
 
 @pytest.mark.parametrize("role", ROLES)
@@ -177,7 +194,7 @@ def test_config_toml_parses_and_has_only_keys_herald_knows(rendered, scenario):
     text = config_toml(r)
     config = tomllib.loads(text)
     assert set(config) <= TOP_LEVEL_KEYS, set(config) - TOP_LEVEL_KEYS
-    assert set(config["nats"]) <= NATS_KEYS
+    assert set(config.get("nats", {})) <= NATS_KEYS
     for app in config.get("apps", []):
         assert set(app) <= APP_KEYS
         assert isinstance(app["id"], str) and isinstance(app["key"], str) and app["secret"]
@@ -186,7 +203,10 @@ def test_config_toml_parses_and_has_only_keys_herald_knows(rendered, scenario):
             assert set(hook.get("events", [])) <= WEBHOOK_EVENTS, hook
     # set by HERALD_* variables, not the file
     assert not {"bind", "metrics_bind", "drain_window"} & set(config)
-    assert "servers" not in config["nats"]
+    if r.standalone:
+        assert "nats" not in config, "herald standalone uses no NATS"
+    else:
+        assert "servers" not in config["nats"]
     for key, value in r.merged["config"].items():
         assert config[key] == value, key
 
@@ -399,6 +419,9 @@ def test_autoscaling_off(rendered):
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_pdbs_select_each_role(rendered, scenario):
     r = rendered[scenario]
+    if r.standalone:
+        assert r.of_kind("PodDisruptionBudget") == [] and r.of_kind("HorizontalPodAutoscaler") == []
+        return
     for role, name in (("gateway", GATEWAY), ("ingest", INGEST)):
         pdb = r.one("PodDisruptionBudget", name)
         assert pdb["spec"]["selector"]["matchLabels"].items() <= r.deployment(role)["spec"]["template"]["metadata"]["labels"].items()
@@ -415,12 +438,33 @@ def herald_binary() -> Path | None:
     return None
 
 
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A throw-away certificate and key (openssl) for a config with tls_bind."""
+    cert, key = directory / "tls.crt", directory / "tls.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
 def run_herald(binary: Path, r, role: str, config: str) -> tuple[int | None, str, str]:
     """Start the real binary as `role` with `config` and the pod's environment (secrets resolved from the chart's
-    Secret, NATS pointed at a closed port) for at most a second: (exit code or None if still running, stderr, stdout)."""
+    Secret, NATS pointed at a closed port) for at most a second: (exit code or None if still running, stderr, stdout).
+    With tls_bind, the listener moves to 127.0.0.1:0 and the certificate paths to a throw-away certificate."""
     secrets = secret_data(r)
     with tempfile.TemporaryDirectory() as tmp:
         config_path = Path(tmp, "config.toml")
+        parsed = tomllib.loads(config)
+        if "tls_bind" in parsed:
+            cert, key = self_signed_certificate(Path(tmp))
+            config = (
+                config.replace(f'tls_bind = "{parsed["tls_bind"]}"', 'tls_bind = "127.0.0.1:0"')
+                .replace(f'tls_cert = "{parsed["tls_cert"]}"', f'tls_cert = "{cert}"')
+                .replace(f'tls_key = "{parsed["tls_key"]}"', f'tls_key = "{key}"')
+            )
+            assert str(cert) in config and str(key) in config and "127.0.0.1:0" in config, config
         config_path.write_text(config)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NO_COLOR": "1"}
         for name, var in r.env(role).items():
@@ -448,8 +492,14 @@ def run_herald(binary: Path, r, role: str, config: str) -> tuple[int | None, str
     return code, err, out
 
 
-@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s != "existing-secret"])
-@pytest.mark.parametrize("role", ROLES)
+def scenario_roles(scenario: str) -> list[str]:
+    return ["standalone"] if scenario_values(scenario).get("mode") == "standalone" else list(ROLES)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "role"),
+    [(s, role) for s in SCENARIOS if s != "existing-secret" for role in scenario_roles(s)],
+)
 def test_herald_accepts_the_rendered_config_and_environment(rendered, scenario, role):
     """Start the real binary with the pod's config.toml and environment: an invalid configuration exits with 2 at
     once, a valid one gets as far as NATS."""

@@ -1,5 +1,6 @@
-"""ServiceMonitor and PrometheusRule (CRDs: structure asserted here), the Grafana dashboard ConfigMap, and the
-copies of deploy/grafana/herald.json and deploy/prometheus/alerts.yml the chart ships in files/."""
+"""ServiceMonitor, PodMonitor and PrometheusRule (CRDs: validated against crd_schemas.py in test_render.py, their
+behaviour asserted here), the admin Services, the Grafana dashboard ConfigMap, and the copies of
+deploy/grafana/herald.json and deploy/prometheus/alerts.yml the chart ships in files/."""
 
 from __future__ import annotations
 
@@ -55,28 +56,73 @@ def test_prometheus_operator_objects_are_off_by_default(rendered):
     assert r.of_kind("ServiceMonitor") == [] and r.of_kind("PrometheusRule") == []
 
 
-def test_service_monitor_scrapes_both_roles_on_the_metrics_port(rendered):
-    r = rendered["external-nats"]
+def selects(selector: dict, labels: dict) -> bool:
+    """Does a LabelSelector (matchLabels, matchExpressions) select an object with these labels?"""
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for e in selector.get("matchExpressions", []):
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("scenario", "roles"),
+    [("external-nats", ["gateway", "ingest"]), ("standalone", ["standalone"])],
+)
+def test_service_monitor_scrapes_the_admin_services(rendered, scenario, roles):
+    r = rendered[scenario]
     sm = r.one("ServiceMonitor")
     assert sm["apiVersion"] == "monitoring.coreos.com/v1"
-    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert sm["metadata"]["labels"].items() >= r.merged["metrics"]["serviceMonitor"]["labels"].items()
     spec = sm["spec"]
     assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     [endpoint] = spec["endpoints"]
     assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
     assert endpoint["interval"].endswith("s") and endpoint["scrapeTimeout"].endswith("s")
-    # the selector picks exactly the gateway and ingest Services, and both expose a port named "metrics"
-    match_labels = spec["selector"]["matchLabels"]
-    [expression] = spec["selector"]["matchExpressions"]
-    selected = [
-        s
-        for s in r.of_kind("Service")
-        if match_labels.items() <= s["metadata"]["labels"].items()
-        and s["metadata"]["labels"].get(expression["key"]) in expression["values"]
-    ]
-    assert sorted(s["metadata"]["name"] for s in selected) == [f"{RELEASE}-herald-gateway", f"{RELEASE}-herald-ingest"]
+    # the selector picks exactly the admin Services, one per role; each exposes only the port "metrics"
+    selected = [s for s in r.of_kind("Service") if selects(spec["selector"], s["metadata"]["labels"])]
+    assert sorted(s["metadata"]["name"] for s in selected) == [f"{RELEASE}-herald-{role}-admin" for role in roles]
     for service in selected:
-        assert "metrics" in [p["name"] for p in service["spec"]["ports"]]
+        assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [("metrics", 9601, "metrics")]
+        # the job of the role's pods is the role's public Service name, as before the admin Services
+        role = service["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert service["metadata"]["labels"][spec["jobLabel"]] == f"{RELEASE}-herald-{role}"
+        assert service["spec"]["publishNotReadyAddresses"] is True
+        assert service["spec"]["type"] == "ClusterIP"
+    # and the role label is added
+    assert endpoint["relabelings"] == [
+        {"sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_component"], "targetLabel": "role"}
+    ]
+
+
+@pytest.mark.parametrize("scenario", ["defaults", "external-nats", "standalone", "server-tls", "nats-dependency"])
+def test_the_admin_port_is_on_its_own_service_only(rendered, scenario):
+    """The admin port (no authentication) is never on the public Service, which the Ingress, HTTPRoute and a
+    LoadBalancer expose."""
+    r = rendered[scenario]
+    for role in r.roles:
+        public = r.one("Service", f"{RELEASE}-herald-{role}")
+        admin = r.one("Service", f"{RELEASE}-herald-{role}-admin")
+        assert "metrics" not in [p["name"] for p in public["spec"]["ports"]]
+        assert 9601 not in [p["port"] for p in public["spec"]["ports"]]
+        assert "metrics" not in [p["targetPort"] for p in public["spec"]["ports"]]
+        assert [p["name"] for p in admin["spec"]["ports"]] == ["metrics"]
+        assert admin["spec"]["selector"] == public["spec"]["selector"]
+
+
+def without_runbooks(groups):
+    return [
+        {**g, "rules": [{**r, "annotations": {k: v for k, v in r.get("annotations", {}).items() if k != "runbook_url"}} for r in g["rules"]]}
+        for g in groups
+    ]
 
 
 def test_prometheus_rule_carries_the_alerts_file(rendered):
@@ -84,7 +130,8 @@ def test_prometheus_rule_carries_the_alerts_file(rendered):
     assert rule["apiVersion"] == "monitoring.coreos.com/v1"
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     groups = rule["spec"]["groups"]
-    assert groups == yaml.safe_load((CHART / "files/alerts.yml").read_text())["groups"]
+    # the file's rules, with only the runbook URLs changed (test_runbook_urls_are_absolute)
+    assert without_runbooks(groups) == without_runbooks(yaml.safe_load((CHART / "files/alerts.yml").read_text())["groups"])
     assert groups, "no rule groups"
     for group in groups:
         assert group["name"] and group["rules"], group
@@ -95,6 +142,83 @@ def test_prometheus_rule_carries_the_alerts_file(rendered):
                 assert r["labels"]["severity"] in {"critical", "warning", "info"}, r
     # Prometheus templates such as {{ $labels.instance }} are passed through, not expanded by Helm
     assert "{{ $labels" in json.dumps(groups)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "base"),
+    [
+        ("external-nats", "https://git.example.com/herald/blob/main/"),  # the chart's default
+        ("standalone", "https://git.shop.example/ops/herald/blob/v0.1.0/"),  # set without the trailing slash
+    ],
+)
+def test_runbook_urls_are_absolute(rendered, scenario, base):
+    """Every alert's runbook_url in the PrometheusRule is metrics.prometheusRule.runbookBaseUrl + the file's path."""
+    groups = rendered[scenario].one("PrometheusRule")["spec"]["groups"]
+    in_file = {r["alert"]: r["annotations"]["runbook_url"] for r in alert_rules() if "alert" in r}
+    rendered_urls = {r["alert"]: r["annotations"]["runbook_url"] for g in groups for r in g["rules"] if "alert" in r}
+    assert rendered_urls.keys() == in_file.keys() and rendered_urls
+    for alert, url in rendered_urls.items():
+        assert re.fullmatch(r"https://[^\s/]+/\S+#[a-z0-9]+", url), url
+        if "://" in in_file[alert]:
+            assert url == in_file[alert], "an absolute runbook_url is kept"
+        else:
+            assert url == base + in_file[alert].lstrip("/"), (url, base, in_file[alert])
+            assert "//" not in url.split("://", 1)[1], url
+
+
+def test_runbook_urls_keep_absolute_ones(chart, tmp_path):
+    """runbook_url values that are already absolute are kept; relative ones get the base; rules without it none."""
+    from conftest import render
+
+    moved = render(chart, {"metrics": {"prometheusRule": {"enabled": True, "runbookBaseUrl": "http://wiki.internal/herald"}}})
+    urls = [r["annotations"].get("runbook_url") for g in moved.one("PrometheusRule")["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert urls and all(u.startswith("http://wiki.internal/herald/docs/operations.md#") for u in urls), urls
+    # the template's scheme check, on a rule that is absolute already (the file itself has relative ones only, so
+    # this is checked on the template's own logic through a copy of the chart with such a rule)
+    import shutil
+
+    copy = tmp_path / "herald"
+    shutil.copytree(CHART, copy)
+    alerts = yaml.safe_load((copy / "files/alerts.yml").read_text())
+    alerts["groups"][0]["rules"][0]["annotations"]["runbook_url"] = "https://runbooks.example.org/herald/no-ready-gateway"
+    alerts["groups"][0]["rules"].append({"record": "herald:test:sum", "expr": "sum(up)"})
+    (copy / "files/alerts.yml").write_text(yaml.safe_dump(alerts))
+    import helm_python as helm
+
+    with helm.Chart.load(copy) as loaded:
+        r = render(loaded, {"metrics": {"prometheusRule": {"enabled": True}}})
+    rules = r.one("PrometheusRule")["spec"]["groups"][0]["rules"]
+    assert rules[0]["annotations"]["runbook_url"] == "https://runbooks.example.org/herald/no-ready-gateway"
+    assert rules[1]["annotations"]["runbook_url"].startswith("https://git.example.com/herald/blob/main/docs/operations.md#")
+    assert "annotations" not in rules[-1]
+
+
+def test_nats_exporter_is_scraped_with_the_service_monitor(rendered, chart):
+    """With the NATS dependency and Herald's ServiceMonitor, a PodMonitor scrapes the NATS chart's exporter
+    (nats.promExporter, on by default here): the NATS chart's selector labels and its port name prom-metrics."""
+    from conftest import render
+
+    r = rendered["nats-dependency-monitored"]
+    assert r.merged["nats"]["promExporter"] == {"enabled": True, "podMonitor": {"enabled": False}}
+    pm = r.one("PodMonitor")
+    assert pm["metadata"]["name"] == f"{RELEASE}-herald-nats"
+    assert pm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # the nats chart's nats.selectorLabels for release "rel" (checked against nats chart 1.3.0 to 2.14.2)
+    assert pm["spec"]["selector"] == {
+        "matchLabels": {"app.kubernetes.io/name": "nats", "app.kubernetes.io/instance": RELEASE, "app.kubernetes.io/component": "nats"}
+    }
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert pm["spec"]["podMetricsEndpoints"] == [{"port": "prom-metrics", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}]
+    # not without the dependency, the ServiceMonitor or the exporter; not twice when the NATS chart makes its own
+    assert rendered["nats-dependency"].of_kind("PodMonitor") == []
+    assert rendered["external-nats"].of_kind("PodMonitor") == []
+    on = {"nats": {"enabled": True}, "metrics": {"serviceMonitor": {"enabled": True}}}
+    assert render(chart, on).of_kind("PodMonitor")
+    assert render(chart, {**on, "nats": {"enabled": True, "promExporter": {"enabled": False}}}).of_kind("PodMonitor") == []
+    assert render(chart, {**on, "nats": {"enabled": True, "promExporter": {"podMonitor": {"enabled": True}}}}).of_kind("PodMonitor") == []
+    # a renamed dependency is followed
+    renamed = render(chart, {**on, "nats": {"enabled": True, "nameOverride": "bus"}})
+    assert renamed.one("PodMonitor")["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "bus"
 
 
 @pytest.mark.parametrize("scenario", ["defaults", "external-nats"])

@@ -35,6 +35,35 @@ BAD_VALUES = [
     pytest.param({"logFormat": "yaml"}, "/logFormat", id="unknown-log-format"),
     pytest.param({"ingress": {"host": "https://ws.example.com"}}, "/ingress/host", id="ingress-host-with-scheme"),
     pytest.param({"metrics": {"serviceMonitor": {"interval": "30"}}}, "/metrics/serviceMonitor/interval", id="interval-without-unit"),
+    # issue 18: the new values
+    pytest.param({"mode": "single"}, "/mode", id="unknown-mode"),
+    pytest.param({"standalone": {"replicas": 2}}, "replicas", id="standalone-has-no-replicas"),
+    pytest.param({"standalone": {"autoscaling": {"enabled": True}}}, "autoscaling", id="standalone-has-no-autoscaling"),
+    pytest.param({"standalone": {"drainWindow": "0"}}, "/standalone/drainWindow", id="standalone-drain-window-not-an-integer"),
+    pytest.param({"httpRoute": {"enabled": True}}, "/httpRoute/parentRefs", id="httproute-without-parent"),
+    pytest.param({"httpRoute": {"enabled": True, "parentRefs": [{"namespace": "gw"}]}}, "name", id="parent-ref-without-name"),
+    pytest.param({"httpRoute": {"parentRefs": [{"name": "gw", "section": "https"}]}}, "section", id="typo-in-a-parent-ref"),
+    pytest.param({"httpRoute": {"hostnames": ["https://ws.example.com"]}}, "/httpRoute/hostnames/0", id="hostname-with-scheme"),
+    pytest.param({"httpRoute": {"timeouts": {"request": "1 hour"}}}, "/httpRoute/timeouts/request", id="timeout-not-a-gateway-duration"),
+    pytest.param({"httpRoute": {"timeouts": {"idle": "1h"}}}, "idle", id="timeout-httproute-does-not-have"),
+    pytest.param({"networkPolicy": {"admin": {"namespaceSelector": {"matchLabel": {"a": "b"}}}}}, "matchLabel", id="typo-in-a-label-selector"),
+    pytest.param({"networkPolicy": {"clientFrom": [{"ipBlock": {"except": ["10.0.0.0/8"]}}]}}, "cidr", id="ip-block-without-cidr"),
+    pytest.param({"networkPolicy": {"clientFrom": [{}]}}, "/networkPolicy/clientFrom/0", id="empty-peer"),
+    pytest.param({"networkPolicy": {"egress": {"webhooks": {"cidrs": ["203.0.113.7"]}}}}, "/networkPolicy/egress/webhooks/cidrs/0", id="webhook-cidr-without-prefix-length"),
+    pytest.param({"networkPolicy": {"egress": {"nats": {"ports": [70000]}}}}, "/networkPolicy/egress/nats/ports/0", id="nats-port-out-of-range"),
+    pytest.param({"networkPolicy": {"egress": {"dns": {"to": [], "ports": [53]}}}}, "ports", id="dns-ports-not-configurable"),
+    pytest.param({"extraVolumes": [{"secret": {"secretName": "x"}}]}, "name", id="extra-volume-without-name"),
+    pytest.param({"extraVolumes": [{"name": "Herald_TLS", "secret": {"secretName": "x"}}]}, "/extraVolumes/0/name", id="extra-volume-name-not-a-dns-label"),
+    pytest.param({"extraVolumeMounts": [{"name": "tls", "mountPath": "etc/tls"}]}, "/extraVolumeMounts/0/mountPath", id="relative-mount-path"),
+    pytest.param({"extraVolumeMounts": [{"name": "tls", "mountpath": "/etc/tls"}]}, "mountpath", id="typo-in-a-volume-mount"),
+    pytest.param({"extraEnvFrom": [{"prefix": "X_"}]}, "/extraEnvFrom/0", id="env-from-without-a-source"),
+    pytest.param({"extraEnvFrom": [{"secretRef": {"name": "a"}, "configMapRef": {"name": "b"}}]}, "/extraEnvFrom/0", id="env-from-with-two-sources"),
+    pytest.param({"config": {"tls_bind": "0.0.0.0:6443"}}, "tls_cert", id="tls-bind-without-certificate"),
+    pytest.param({"config": {"tls_bind": "6443", "tls_cert": "/c", "tls_key": "/k"}}, "/config/tls_bind", id="tls-bind-without-address"),
+    pytest.param({"config": {"tls_certificate": "/c"}}, "tls_certificate", id="typo-in-a-tls-key"),
+    pytest.param({"gateway": {"service": {"tlsPort": 0}}}, "/gateway/service/tlsPort", id="tls-port-zero"),
+    pytest.param({"metrics": {"prometheusRule": {"runbookBaseUrl": "docs/"}}}, "/metrics/prometheusRule/runbookBaseUrl", id="runbook-base-not-absolute"),
+    pytest.param({"apps": {"list": [{"id": "a", "key": "k", "client_events": "yes"}]}}, "/apps/list/0/client_events", id="client-events-not-a-boolean"),
 ]
 
 
@@ -74,7 +103,7 @@ def test_the_schema_is_strict_draft_07(chart):
 def test_template_checks_beyond_the_schema(chart):
     """Combinations the schema cannot express fail rendering with a message naming the value."""
     cases = [
-        ({"apps": {"list": [{"id": "a", "key": "k", "secret": "s", "client_events": True}]}}, "apps.list[0].client_events"),
+        ({"apps": {"list": [{"id": "a", "key": "k", "secret": "s", "max_connections": 10}]}}, "apps.list[0].max_connections: with apps.source=env"),
         ({"apps": {"list": [{"id": "a", "key": "k", "secret": "s", "webhooks": [{"url": "https://shop.example/hook"}]}]}}, "apps.list[0].webhooks"),
         ({"apps": {"source": "config", "list": [{"id": "a", "key": "k"}]}}, "apps.list[0].secret is empty"),
         ({"natsClient": {"servers": []}}, "natsClient.servers is empty"),
@@ -82,6 +111,10 @@ def test_template_checks_beyond_the_schema(chart):
         ({"ingress": {"enabled": True, "tls": {"enabled": True}}}, "ingress.tls.secretName is required"),
         ({"gateway": {"autoscaling": {"minReplicas": 5, "maxReplicas": 3}}}, "minReplicas (5) is larger than maxReplicas (3)"),
         ({"natsClient": {"auth": {"user": "herald"}}}, "user and natsClient.auth.password go together"),
+        ({"mode": "standalone", "nats": {"enabled": True}}, "nats.enabled=true with mode=standalone"),
+        ({"extraVolumes": [{"name": "config", "emptyDir": {}}]}, 'extraVolumes[0].name "config" is a volume of the chart\'s own'),
+        ({"extraVolumeMounts": [{"name": "x", "mountPath": "/tmp/"}]}, "extraVolumeMounts[0].mountPath /tmp/ is where the chart mounts"),
+        ({"config": {"tls_bind": "0.0.0.0:9601", "tls_cert": "/c", "tls_key": "/k"}}, "config.tls_bind uses port 9601"),
     ]
     for values, message in cases:
         with pytest.raises(helm.HelmRenderError) as e:

@@ -17,9 +17,33 @@
 {{- end }}
 {{- end }}
 
-{{/* "<fullname>-<role>", e.g. release-herald-gateway */}}
+{{/* "<fullname>-<role>", e.g. release-herald-gateway; the role's public Service and its Deployment.
+     At most 63 characters (the fullname is cut to 54, or less for "standalone"). */}}
 {{- define "herald.roleName" -}}
-{{- printf "%s-%s" (include "herald.fullname" .root | trunc 54 | trimSuffix "-") .role }}
+{{- printf "%s-%s" (include "herald.fullname" .root | trunc (min 54 (sub 62 (len .role)) | int) | trimSuffix "-") .role }}
+{{- end }}
+
+{{/* "<fullname>-<role>-admin": the role's admin Service (ports.metrics only). */}}
+{{- define "herald.adminServiceName" -}}
+{{- printf "%s-%s-admin" (include "herald.fullname" .root | trunc (sub 56 (len .role) | int) | trimSuffix "-") .role }}
+{{- end }}
+
+{{/* The roles this mode deploys, as a JSON list: ["gateway","ingest"] or ["standalone"]. */}}
+{{- define "herald.roles" -}}
+{{- if eq .Values.mode "standalone" }}["standalone"]{{ else }}["gateway","ingest"]{{ end }}
+{{- end }}
+
+{{/* The role that serves WebSockets at /app and the one that serves the HTTP API at /apps. */}}
+{{- define "herald.websocketRole" -}}
+{{- ternary "standalone" "gateway" (eq .Values.mode "standalone") }}
+{{- end }}
+{{- define "herald.apiRole" -}}
+{{- ternary "standalone" "ingest" (eq .Values.mode "standalone") }}
+{{- end }}
+
+{{/* The container port of config.tls_bind ("IP:PORT" or "[IPv6]:PORT"), or "" without it. */}}
+{{- define "herald.tlsPort" -}}
+{{- with .Values.config.tls_bind }}{{ regexFind "[0-9]+$" . }}{{ end }}
 {{- end }}
 
 {{- define "herald.chart" -}}
@@ -134,6 +158,8 @@ configMap:
 {{ $k }} = {{ include "herald.tomlValue" $v }}
 {{- end }}
 
+{{- if ne $root.Values.mode "standalone" }}
+
 [nats]
 subject_prefix = {{ $root.Values.natsClient.subjectPrefix | toJson }}
 state_bucket = {{ $root.Values.natsClient.stateBucket | toJson }}
@@ -144,6 +170,7 @@ webhook_stream = {{ $root.Values.natsClient.webhookStream | toJson }}
 webhook_dead_letter_stream = {{ $root.Values.natsClient.webhookDeadLetterStream | toJson }}
 webhook_ack_wait_secs = {{ $root.Values.natsClient.webhookAckWaitSecs | int64 }}
 tls_required = {{ and $root.Values.natsClient.tls.enabled $root.Values.natsClient.tls.required | ternary "true" "false" }}
+{{- end }}
 {{- if .withApps }}
 {{- range $i, $app := $root.Values.apps.list }}
 
@@ -194,16 +221,19 @@ tls_required = {{ and $root.Values.natsClient.tls.enabled $root.Values.natsClien
 
 {{/* Shutdown timing ------------------------------------------------------------------------------------------ */}}
 
-{{/* Seconds a gateway needs after Kubernetes starts terminating it: preStop + drain + shutdown_timeout. */}}
-{{- define "herald.gatewayShutdownSeconds" -}}
-{{- add (.Values.gateway.preStopSleepSeconds | int64) (.Values.gateway.drainWindow | int64) (.Values.config.shutdown_timeout | default 5 | int64) }}
+{{/* Seconds a gateway or standalone pod needs after Kubernetes starts terminating it: preStop + drain +
+     shutdown_timeout. dict "root" $ "role" "gateway"|"standalone" */}}
+{{- define "herald.drainingShutdownSeconds" -}}
+{{- $v := index .root.Values .role }}
+{{- add ($v.preStopSleepSeconds | int64) ($v.drainWindow | int64) (.root.Values.config.shutdown_timeout | default 5 | int64) }}
 {{- end }}
 
 {{- define "herald.terminationGracePeriod" -}}
 {{- $root := .root }}
 {{- $needed := 0 }}
-{{- if eq .role "gateway" }}
-{{- $needed = include "herald.gatewayShutdownSeconds" $root | int64 }}
+{{- $drains := has .role (list "gateway" "standalone") }}
+{{- if $drains }}
+{{- $needed = include "herald.drainingShutdownSeconds" (dict "root" $root "role" .role) | int64 }}
 {{- else }}
 {{- $needed = $root.Values.ingest.preStopSleepSeconds | int64 }}
 {{- end }}
@@ -211,7 +241,7 @@ tls_required = {{ and $root.Values.natsClient.tls.enabled $root.Values.natsClien
 {{- if kindIs "invalid" $set }}
 {{- add $needed 15 }}
 {{- else if le ($set | int64) $needed }}
-{{- $parts := ternary "gateway.preStopSleepSeconds + gateway.drainWindow + config.shutdown_timeout" "ingest.preStopSleepSeconds" (eq .role "gateway") }}
+{{- $parts := ternary (printf "%s.preStopSleepSeconds + %s.drainWindow + config.shutdown_timeout" .role .role) "ingest.preStopSleepSeconds" $drains }}
 {{- fail (printf "%s.terminationGracePeriodSeconds (%d) must be larger than %d s (%s): Kubernetes would kill the pod before it has drained" .role ($set | int64) $needed $parts) }}
 {{- else }}
 {{- $set | int64 }}
@@ -220,5 +250,27 @@ tls_required = {{ and $root.Values.natsClient.tls.enabled $root.Values.natsClien
 
 {{/* Checksum of everything the pods read at start, so a change rolls them. */}}
 {{- define "herald.configChecksum" -}}
-{{- list .Values.config .Values.apps .Values.natsClient .Values.nats.enabled | toJson | sha256sum }}
+{{- list .Values.config .Values.apps .Values.natsClient .Values.nats.enabled .Values.mode | toJson | sha256sum }}
+{{- end }}
+
+{{/* Checks of values the schema cannot express, for every mode; included once by the Deployments' template. */}}
+{{- define "herald.checks" -}}
+{{- if and (eq .Values.mode "standalone") .Values.nats.enabled }}
+{{- fail "nats.enabled=true with mode=standalone: `herald standalone` uses no NATS; set nats.enabled=false (or mode=cluster)" }}
+{{- end }}
+{{- range $i, $vol := .Values.extraVolumes }}
+{{- if has $vol.name (list "config" "tmp" "nats-creds" "nats-tls") }}
+{{- fail (printf "extraVolumes[%d].name %q is a volume of the chart's own; choose another name" $i $vol.name) }}
+{{- end }}
+{{- end }}
+{{- range $i, $m := .Values.extraVolumeMounts }}
+{{- if has (trimSuffix "/" $m.mountPath) (list "/etc/herald/config" "/tmp") }}
+{{- fail (printf "extraVolumeMounts[%d].mountPath %s is where the chart mounts its own volume; choose another path" $i $m.mountPath) }}
+{{- end }}
+{{- end }}
+{{- with include "herald.tlsPort" . }}
+{{- if has (. | int) (list ($.Values.ports.http | int) ($.Values.ports.metrics | int)) }}
+{{- fail (printf "config.tls_bind uses port %s, which is ports.http or ports.metrics; give the TLS listener a port of its own" .) }}
+{{- end }}
+{{- end }}
 {{- end }}

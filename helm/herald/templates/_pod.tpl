@@ -1,14 +1,17 @@
 {{/*
-The Deployment of one role: dict "root" $ "role" "gateway"|"ingest".
-Both roles share the image, config, NATS settings and probes; they differ in subcommand, drain and sizing.
+The Deployment of one role: dict "root" $ "role" "gateway"|"ingest"|"standalone".
+Every role shares the image, config and probes; the cluster roles (gateway, ingest) also the NATS settings. They
+differ in subcommand, drain and sizing. standalone is one replica, replaced with strategy Recreate.
 */}}
 {{- define "herald.deployment" -}}
 {{- $root := .root }}
 {{- $role := .role }}
 {{- $v := index $root.Values $role }}
 {{- $ctx := dict "root" $root "role" $role "values" $v }}
+{{- $cluster := ne $role "standalone" }}
 {{- $auth := $root.Values.natsClient.auth }}
 {{- $tls := $root.Values.natsClient.tls }}
+{{- $tlsPort := include "herald.tlsPort" $root }}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -17,7 +20,10 @@ metadata:
   labels:
     {{- include "herald.roleLabels" $ctx | nindent 4 }}
 spec:
-  {{- if not $v.autoscaling.enabled }}
+  {{- if not $cluster }}
+  # Always one: the channel state is in this pod's memory.
+  replicas: 1
+  {{- else if not $v.autoscaling.enabled }}
   replicas: {{ $v.replicas }}
   {{- end }}
   revisionHistoryLimit: 5
@@ -25,11 +31,16 @@ spec:
     matchLabels:
       {{- include "herald.roleSelectorLabels" $ctx | nindent 6 }}
   strategy:
+    {{- if $cluster }}
     type: RollingUpdate
     rollingUpdate:
       # Bring the new pod up before an old one starts draining, so drained clients have somewhere to go.
       maxSurge: 1
       maxUnavailable: 0
+    {{- else }}
+    # Stop the old pod before the new one starts: two standalone pods would be two servers with separate state.
+    type: Recreate
+    {{- end }}
   template:
     metadata:
       labels:
@@ -52,7 +63,7 @@ spec:
       {{- with $v.priorityClassName }}
       priorityClassName: {{ . }}
       {{- end }}
-      # SIGTERM -> /readyz 503, stop accepting{{ if eq $role "gateway" }}, close connections with 4200 over the drain window{{ end }}, exit 0.
+      # SIGTERM -> /readyz 503, stop accepting{{ if ne $role "ingest" }}, close connections with 4200 over the drain window{{ end }}, exit 0.
       terminationGracePeriodSeconds: {{ include "herald.terminationGracePeriod" $ctx }}
       securityContext:
         {{- toYaml $root.Values.podSecurityContext | nindent 8 }}
@@ -68,6 +79,7 @@ spec:
               value: {{ include "herald.listenAddress" (dict "root" $root "port" $root.Values.ports.http) | quote }}
             - name: HERALD_METRICS_BIND
               value: {{ include "herald.listenAddress" (dict "root" $root "port" $root.Values.ports.metrics) | quote }}
+            {{- if $cluster }}
             - name: HERALD_NATS
               value: {{ include "herald.natsServers" $root | quote }}
             # Unique among live nodes, stable for the pod's life: the pod name.
@@ -75,7 +87,8 @@ spec:
               valueFrom:
                 fieldRef:
                   fieldPath: metadata.name
-            {{- if eq $role "gateway" }}
+            {{- end }}
+            {{- if ne $role "ingest" }}
             - name: HERALD_DRAIN_WINDOW
               value: {{ $v.drainWindow | int64 | quote }}
             {{- end }}
@@ -94,7 +107,13 @@ spec:
                 secretKeyRef:
                   name: {{ default (include "herald.secretName" $root) $root.Values.apps.existingSecret }}
                   key: {{ if $root.Values.apps.existingSecret }}{{ default "PUSHER_APP_SECRET" $root.Values.apps.existingSecretKey }}{{ else }}PUSHER_APP_SECRET{{ end }}
+            {{- if $app.client_events }}
+            # Client events (pusher-js trigger, Echo's whisper) for the app taken from PUSHER_APP_*.
+            - name: HERALD_CLIENT_EVENTS
+              value: "true"
             {{- end }}
+            {{- end }}
+            {{- if $cluster }}
             {{- if $auth.existingSecret }}
             {{- range $k := list "user" "password" "token" "nkey_seed" }}
             - name: HERALD_NATS_{{ upper $k }}
@@ -131,13 +150,24 @@ spec:
               value: /etc/herald/nats-tls/{{ $tls.keyKey }}
             {{- end }}
             {{- end }}
+            {{- end }}
             {{- with $v.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
+          {{- with $root.Values.extraEnvFrom }}
+          envFrom:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
           ports:
             - name: http
               containerPort: {{ $root.Values.ports.http }}
               protocol: TCP
+            {{- if $tlsPort }}
+            # config.tls_bind: the same routes over TLS (wss://, https://)
+            - name: https
+              containerPort: {{ $tlsPort }}
+              protocol: TCP
+            {{- end }}
             - name: metrics
               containerPort: {{ $root.Values.ports.metrics }}
               protocol: TCP
@@ -167,15 +197,18 @@ spec:
               readOnly: true
             - name: tmp
               mountPath: /tmp
-            {{- if $auth.credentials.secretName }}
+            {{- if and $cluster $auth.credentials.secretName }}
             - name: nats-creds
               mountPath: /etc/herald/nats-creds
               readOnly: true
             {{- end }}
-            {{- if $tls.enabled }}
+            {{- if and $cluster $tls.enabled }}
             - name: nats-tls
               mountPath: /etc/herald/nats-tls
               readOnly: true
+            {{- end }}
+            {{- with $root.Values.extraVolumeMounts }}
+            {{- toYaml . | nindent 12 }}
             {{- end }}
       volumes:
         - name: config
@@ -183,7 +216,7 @@ spec:
         - name: tmp
           emptyDir:
             sizeLimit: 16Mi
-        {{- if $auth.credentials.secretName }}
+        {{- if and $cluster $auth.credentials.secretName }}
         - name: nats-creds
           secret:
             secretName: {{ $auth.credentials.secretName }}
@@ -191,10 +224,13 @@ spec:
               - key: {{ $auth.credentials.key }}
                 path: {{ $auth.credentials.key }}
         {{- end }}
-        {{- if $tls.enabled }}
+        {{- if and $cluster $tls.enabled }}
         - name: nats-tls
           secret:
             secretName: {{ required "natsClient.tls.secretName is required with natsClient.tls.enabled" $tls.secretName }}
+        {{- end }}
+        {{- with $root.Values.extraVolumes }}
+        {{- toYaml . | nindent 8 }}
         {{- end }}
       {{- with $v.nodeSelector }}
       nodeSelector:
