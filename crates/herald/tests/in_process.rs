@@ -231,7 +231,9 @@ async fn live_keys(js: &async_nats::jetstream::Context, prefix: &str) -> usize {
     live
 }
 
-#[tokio::test]
+// Multi-threaded, as the binary runs: on one thread the test's own polling
+// and the node's watch and purges take turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_the_same_node_id_clears_100_000_keys_of_its_previous_life_within_5_s() {
     const KEYS: usize = 100_000;
     let nats = Nats::start();
