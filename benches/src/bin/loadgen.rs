@@ -2,7 +2,8 @@
 //!
 //! Modes: `fanout` (deliveries/s, loss, duplicates, end-to-end latency),
 //! `idle` (server RSS per subscribed connection), `connect-rate`
-//! (connections + subscriptions per second), `presence-churn` (presence
+//! (connections + subscriptions per second), `crowd` (a large presence
+//! channel: CPU per join, watchers exact), `presence-churn` (presence
 //! joins + leaves per second, and how long the HTTP API takes to agree),
 //! `subscribe-flood` (others' subscribe latency while one socket floods
 //! subscribes) and `storm` (a gateway of a cluster killed under clients
@@ -14,6 +15,8 @@
 
 // In a folder of the binary's name: a file directly in src/bin/ would be
 // taken for a binary of its own.
+#[path = "loadgen/crowd.rs"]
+mod crowd;
 #[path = "loadgen/subscribe_flood.rs"]
 mod subscribe_flood;
 
@@ -122,6 +125,33 @@ enum Mode {
         #[arg(long, default_value_t = 10)]
         duration: u64,
     },
+    /// Members joining one large presence channel, watched by a few: join
+    /// rate, servers' CPU per join, watchers exact after the last join.
+    Crowd {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value = "presence-user-presence")]
+        channel: String,
+        #[arg(long, default_value_t = 1000)]
+        members: usize,
+        /// Index of this process's first user (several processes share a crowd).
+        #[arg(long, default_value_t = 0)]
+        first_member: usize,
+        #[arg(long, default_value_t = 5)]
+        watchers: usize,
+        /// Members the watchers must count at the end [default: watchers + members].
+        #[arg(long)]
+        expect_total: Option<usize>,
+        /// Server pids (gateways, ingest) whose CPU time is measured.
+        #[arg(long, value_delimiter = ',')]
+        server_pids: Vec<u32>,
+        /// Seconds the members stay joined after the last join.
+        #[arg(long, default_value_t = 0)]
+        hold: u64,
+        /// Seconds the watchers may take to be exact.
+        #[arg(long, default_value_t = 30)]
+        deadline: u64,
+    },
     /// Clients with a public, a private and a presence channel (authorized
     /// by the generator's own HTTP auth endpoint) spread over the --ws
     /// gateways; the generator kill -9s --kill-pid, the gateway at the
@@ -201,6 +231,32 @@ fn main() -> anyhow::Result<()> {
                     duration,
                 };
                 subscribe_flood::run(&target, flood, threads).await
+            }
+            Mode::Crowd {
+                target,
+                channel,
+                members,
+                first_member,
+                watchers,
+                expect_total,
+                server_pids,
+                hold,
+                deadline,
+            } => {
+                if (members + watchers) as u64 + 1024 > fd_limit {
+                    bail!("{} sockets need more open files than this process may have ({fd_limit})", members + watchers);
+                }
+                let crowd = crowd::Crowd {
+                    channel,
+                    members,
+                    first_member,
+                    watchers,
+                    expect_total: expect_total.unwrap_or(members + watchers),
+                    server_pids,
+                    hold,
+                    deadline,
+                };
+                crowd::run(&target, crowd).await
             }
             Mode::Storm {
                 target,

@@ -10,6 +10,9 @@ const { assert } = h;
 const { test } = ch;
 
 const PER_GATEWAY = 100;
+// A crashed gateway's members are removed once its heartbeat has run out (node_ttl 3 s + 1 s grace + up to one
+// 1 s beat: the 5 s of cluster-node-crash.test.js), and watchers hear it in the next burst (250 ms).
+const REMOVAL_BOUND_MS = 5000 + 250;
 const CROWD = {
   id: '444',
   key: 'crowd-key',
@@ -50,10 +53,10 @@ test('a large presence channel across two gateways: watchers see all, shoppers t
   const killedAt = Date.now();
   await b.kill9();
   const gone = new Set([...shoppersB.map((_, i) => `shopper b${i}`), 'admin wb']);
-  await h.waitFor(() => [...gone].every((name) => onA.left.includes(name)), 5000 + 1000, 'the watcher on A sees every member of B leave');
+  await h.waitFor(() => [...gone].every((name) => onA.left.includes(name)), REMOVAL_BOUND_MS + 1000, 'the watcher on A sees every member of B leave');
   const removedAfter = Date.now() - killedAt;
   t.diagnostic(`[timing] B's ${gone.size} members removed at the watcher on A ${removedAfter} ms after the kill`);
-  assert.ok(removedAfter <= 5000, `removed within 5 s of the kill: ${removedAfter} ms`);
+  assert.ok(removedAfter <= REMOVAL_BOUND_MS, `removed within ${REMOVAL_BOUND_MS} ms of the kill: ${removedAfter} ms`);
   assert.equal(onA.left.length, gone.size, 'each left exactly once, nobody else');
   assert.equal(onA.members.size, PER_GATEWAY + 1);
   // A's shoppers: the new count, in a handful of frames, no member events

@@ -70,14 +70,29 @@ test('a large presence channel: watchers see every member through Echo, the crow
 
 // (A user who leaves and comes back within one burst is not announced at all: crates/gateway/src/crowd.rs
 // tests that deterministically; here the burst boundary would make it a matter of timing.)
-test('the HTTP API lists every member of a large presence channel and counts them', async () => {
+test('the HTTP API lists every member of a large presence channel and counts them; Echo on a shopper: here() is itself, the count comes as .pusher:subscription_count', async () => {
   await watcher('a3');
+  // a shopper with laravel-echo, as docs/laravel.md shows it
+  const echo = await h.echoClient(server, { url: 'http://127.0.0.1:9' }, null, h.customAuthOptions(server, 'echo-shopper', { name: 'shopper echo' }));
+  const counts = [];
+  const here = await h.withTimeout(
+    new Promise((resolve) => {
+      echo
+        .join('user-presence')
+        .here(resolve)
+        .listen('.pusher:subscription_count', (e) => counts.push(e.subscription_count));
+    }),
+    10000,
+    'Echo here() of a shopper',
+  );
+  assert.deepEqual(here, [{ name: 'shopper echo' }], 'here() lists the shopper alone');
   await inBatches(30, 30, (i) => counted(`api${i}`));
+  await h.waitFor(() => counts.at(-1) === 32, 3000, 'the Echo shopper told 32 members online');
   const sdk = server.sdk();
   const users = await h.sdkGetJson(sdk, `/channels/${CHANNEL}/users`);
-  assert.deepEqual(new Set(users.users.map((u) => u.id)), new Set(['a3', ...Array.from({ length: 30 }, (_, i) => `api${i}`)]));
+  assert.deepEqual(new Set(users.users.map((u) => u.id)), new Set(['a3', 'echo-shopper', ...Array.from({ length: 30 }, (_, i) => `api${i}`)]));
   const info = await h.sdkGetJson(sdk, `/channels/${CHANNEL}`, { info: 'user_count' });
-  assert.equal(info.user_count, 31);
+  assert.equal(info.user_count, 32);
   // paged (a Herald extension): ids in order, 10 at a time, next_after until the last page
   const pages = [];
   let after;
@@ -87,7 +102,7 @@ test('the HTTP API lists every member of a large presence channel and counts the
     after = page.next_after;
     if (after === undefined) break;
   }
-  assert.deepEqual(pages.map((p) => p.length), [10, 10, 10, 1]);
+  assert.deepEqual(pages.map((p) => p.length), [10, 10, 10, 2]);
   assert.deepEqual(pages.flat(), users.users.map((u) => u.id).sort(), 'every member once, in id order');
   const bad = await sdk.get({ path: `/channels/${CHANNEL}/users`, params: { limit: 0 } }).catch((e) => e);
   assert.equal(bad.status, 400, 'limit 0 is refused');

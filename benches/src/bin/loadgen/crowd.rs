@@ -1,0 +1,161 @@
+//! `crowd`: members joining one large presence channel (an app's
+//! `large_presence_prefixes`, docs/presence.md §12), watched by a few.
+//!
+//! `watchers` sockets join first with `"watcher": true` in their
+//! `user_info` and keep count of the members from their list and the
+//! `member_added` / `member_removed` frames they hear. Then `members`
+//! sockets join, `concurrency` at a time, spread over the `--ws` gateways.
+//! The run reports how long the joins took, the servers' CPU time per join
+//! (from /proc of `--server-pids`, over the join phase until the watchers
+//! are exact, divided by every join into the crowd, which must start
+//! empty), and how long after the last join every watcher's count was
+//! `expect_total`. Several generator processes can share one crowd: give
+//! each its own `first_member` range and only one of them watchers; every
+//! process holds its members until `hold` seconds after its last join.
+
+use super::Target;
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use herald_bench::*;
+use herald_protocol::auth;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// The `crowd` flags.
+pub struct Crowd {
+    pub channel: String,
+    pub members: usize,
+    pub first_member: usize,
+    pub watchers: usize,
+    /// Members the watchers must end up counting (all processes', watchers included).
+    pub expect_total: usize,
+    pub server_pids: Vec<u32>,
+    pub hold: u64,
+    pub deadline: u64,
+}
+
+/// Signs and sends the subscription of user `user` with `info`, and waits
+/// for its acknowledgement; returns the `count` it carried.
+async fn join(
+    target: &Target,
+    n: usize,
+    channel: &str,
+    user: &str,
+    info: serde_json::Value,
+) -> anyhow::Result<(Ws, u64)> {
+    let (mut ws, socket_id) = connect(target.ws[n % target.ws.len()], &target.key, n).await?;
+    let channel_data = serde_json::json!({ "user_id": user, "user_info": info }).to_string();
+    let signed = auth::channel_string_to_sign(&socket_id, channel, Some(&channel_data));
+    let token = auth::token(&target.key, &target.secret, &signed);
+    send(
+        &mut ws,
+        &serde_json::json!({ "event": "pusher:subscribe",
+            "data": { "channel": channel, "auth": token, "channel_data": channel_data } }),
+    )
+    .await?;
+    loop {
+        let msg = next_event(&mut ws).await?;
+        match msg["event"].as_str() {
+            Some("pusher_internal:subscription_succeeded") => {
+                let data: serde_json::Value =
+                    serde_json::from_str(msg["data"].as_str().unwrap_or("{}"))?;
+                return Ok((ws, data["presence"]["count"].as_u64().unwrap_or(0)));
+            }
+            Some("pusher:subscription_error" | "pusher:error") => bail!("{user} refused: {msg}"),
+            _ => {}
+        }
+    }
+}
+
+/// Sum of the CPU time the processes have used so far.
+fn servers_cpu(pids: &[u32]) -> anyhow::Result<Duration> {
+    pids.iter().map(|pid| process_cpu_time(*pid)).sum()
+}
+
+pub async fn run(target: &Target, crowd: Crowd) -> anyhow::Result<()> {
+    let channel = crowd.channel.as_str();
+    // The watchers: each counts the members it knows of.
+    let mut counts = Vec::new();
+    for w in 0..crowd.watchers {
+        let user = format!("watcher-{}", crowd.first_member + w);
+        let info = serde_json::json!({ "name": user, "watcher": true });
+        let (mut ws, listed) = join(target, crowd.first_member + w, channel, &user, info).await?;
+        let count = Arc::new(AtomicI64::new(listed as i64));
+        counts.push(count.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = ws.next().await {
+                let text = frame.to_text().unwrap_or_default();
+                if text.contains("pusher_internal:member_added") {
+                    count.fetch_add(1, Ordering::Relaxed);
+                } else if text.contains("pusher_internal:member_removed") {
+                    count.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    let cpu_before = servers_cpu(&crowd.server_pids)?;
+    let start = Instant::now();
+    let slots = Arc::new(Semaphore::new(target.concurrency.max(1)));
+    let mut joins = Vec::with_capacity(crowd.members);
+    for i in 0..crowd.members {
+        let n = crowd.first_member + crowd.watchers + i;
+        let (target, slots, channel) = (target.clone(), slots.clone(), channel.to_owned());
+        joins.push(tokio::spawn(async move {
+            let _slot = slots.acquire_owned().await?;
+            let user = format!("member-{n}");
+            let info = serde_json::json!({ "name": user });
+            join(&target, n, &channel, &user, info).await
+        }));
+    }
+    let mut members = Vec::with_capacity(crowd.members);
+    let mut largest_ack = 0;
+    for j in joins {
+        let (ws, count) = j.await?.context("member join")?;
+        largest_ack = largest_ack.max(count);
+        members.push(ws);
+    }
+    let joined = start.elapsed();
+    let last_join = Instant::now();
+    let deadline = last_join + Duration::from_secs(crowd.deadline);
+    let expect = crowd.expect_total as i64;
+    while !counts.iter().all(|c| c.load(Ordering::Relaxed) == expect) {
+        if Instant::now() > deadline {
+            let seen: Vec<i64> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+            bail!(
+                "watchers count {seen:?}, not {expect}, {} s after the last join",
+                crowd.deadline
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let exact_ms = last_join.elapsed().as_secs_f64() * 1000.0;
+    let cpu = servers_cpu(&crowd.server_pids)? - cpu_before;
+    // With watchers, the window covers every process's joins into the
+    // (empty) crowd; without, this process's own.
+    let joins_measured = if crowd.watchers > 0 {
+        crowd.expect_total - crowd.watchers
+    } else {
+        crowd.members
+    };
+    let cpu_per_join_us = cpu.as_secs_f64() * 1e6 / joins_measured.max(1) as f64;
+    println!(
+        "crowd: {} members joined {channel} in {:.2} s ({:.0}/s); {} watcher(s) exact {exact_ms:.0} ms after the last join; servers' CPU {:.2} s = {cpu_per_join_us:.0} µs per join",
+        crowd.members,
+        joined.as_secs_f64(),
+        crowd.members as f64 / joined.as_secs_f64(),
+        crowd.watchers,
+        cpu.as_secs_f64(),
+    );
+    println!(
+        "{}",
+        serde_json::json!({ "mode": "crowd", "members": crowd.members, "watchers": crowd.watchers,
+            "expect_total": crowd.expect_total, "join_seconds": joined.as_secs_f64(),
+            "watchers_exact_ms": exact_ms, "server_cpu_seconds": cpu.as_secs_f64(),
+            "server_cpu_per_join_us": cpu_per_join_us, "largest_count_acknowledged": largest_ack })
+    );
+    tokio::time::sleep(Duration::from_secs(crowd.hold)).await;
+    drop(members);
+    Ok(())
+}
