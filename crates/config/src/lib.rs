@@ -310,9 +310,13 @@ pub struct WebhookConfig {
 }
 
 impl WebhookConfig {
-    /// Whether this receiver wants events of `kind`.
+    /// Whether this receiver wants events of `kind`: the ones it lists, or
+    /// with an empty list every kind Pusher has (Herald's own only when listed).
     pub fn wants(&self, kind: WebhookKind) -> bool {
-        self.events.is_empty() || self.events.iter().any(|e| e == kind.name())
+        if self.events.is_empty() {
+            return kind.is_pusher();
+        }
+        self.events.iter().any(|e| e == kind.name())
     }
 }
 
@@ -958,6 +962,11 @@ mod tests {
         .unwrap();
         let hook = &ok.apps[0].webhooks[0];
         assert!(hook.wants(WebhookKind::MemberAdded) && !hook.wants(WebhookKind::CacheMiss));
+        let all = WebhookConfig {
+            url: "https://shop.example/hook".into(),
+            events: Vec::new(),
+        };
+        assert!(all.wants(WebhookKind::CacheMiss) && !all.wants(WebhookKind::UserOnline));
         let err = Config::from_toml(&format!("{app}webhooks = [{{ url = 'ftp://x' }}]\n"))
             .unwrap_err()
             .to_string();

@@ -141,6 +141,7 @@ impl Ingest {
             Route::Channels => self.list_channels(&app, &params),
             Route::Channel(name) => self.show_channel(&app, &name, &params),
             Route::Users(name) => self.list_users(&app, &name, &params),
+            Route::User(user_id) => Ok(self.user_status(&app, &user_id)),
             Route::TerminateConnections(user_id) => self.terminate_connections(&app, user_id).await,
         }
     }

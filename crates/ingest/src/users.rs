@@ -1,7 +1,9 @@
-//! `POST /apps/{id}/users/{user_id}/terminate_connections`.
+//! `POST /apps/{id}/users/{user_id}/terminate_connections` and
+//! `GET /apps/{id}/users/{user_id}`.
 //!
 //! The ingest does not know where a user's connections are, so it asks every
-//! gateway over the bus to close them.
+//! gateway over the bus to close them. Whether a user is online it answers
+//! from the replicated channel state, like the channel queries.
 
 use crate::error::HttpError;
 use crate::Ingest;
@@ -22,5 +24,18 @@ impl Ingest {
         };
         self.publish_control(app, message).await?;
         Ok(json!({}))
+    }
+
+    /// Whether `user_id` is online anywhere in the cluster (a Herald
+    /// extension): signed in on some connection, or a member of a presence
+    /// channel, and which ones.
+    pub(crate) fn user_status(&self, app: &AppConfig, user_id: &str) -> Value {
+        let status = self.state.user_status(&app.id, user_id);
+        json!({
+            "id": user_id,
+            "online": status.online(),
+            "signed_in": status.signed_in,
+            "presence_channels": status.presence_channels,
+        })
     }
 }

@@ -17,10 +17,14 @@ pub enum WebhookKind {
     ClientEvent,
     CacheMiss,
     SubscriptionCount,
+    /// Herald extensions, sent only to receivers that list them: a user's
+    /// first signed-in connection anywhere, and its last one closing.
+    UserOnline,
+    UserOffline,
 }
 
 impl WebhookKind {
-    pub const ALL: [WebhookKind; 7] = [
+    pub const ALL: [WebhookKind; 9] = [
         Self::ChannelOccupied,
         Self::ChannelVacated,
         Self::MemberAdded,
@@ -28,6 +32,8 @@ impl WebhookKind {
         Self::ClientEvent,
         Self::CacheMiss,
         Self::SubscriptionCount,
+        Self::UserOnline,
+        Self::UserOffline,
     ];
 
     pub fn name(self) -> &'static str {
@@ -39,7 +45,15 @@ impl WebhookKind {
             Self::ClientEvent => "client_event",
             Self::CacheMiss => "cache_miss",
             Self::SubscriptionCount => "subscription_count",
+            Self::UserOnline => "user_online",
+            Self::UserOffline => "user_offline",
         }
+    }
+
+    /// Whether Pusher has this kind; the others go only to receivers that
+    /// name them in `events`.
+    pub fn is_pusher(self) -> bool {
+        !matches!(self, Self::UserOnline | Self::UserOffline)
     }
 
     pub fn from_name(name: &str) -> Option<Self> {
@@ -51,6 +65,8 @@ impl WebhookKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookEvent {
     pub name: WebhookKind,
+    /// Empty (and left out) for `user_online` / `user_offline`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub channel: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
@@ -115,6 +131,15 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&count).unwrap(),
             r#"{"name":"subscription_count","channel":"orders","subscription_count":3}"#
+        );
+    }
+
+    #[test]
+    fn user_events_have_no_channel() {
+        let online = WebhookEvent::new(WebhookKind::UserOnline, "", Some("7"));
+        assert_eq!(
+            serde_json::to_string(&online).unwrap(),
+            r#"{"name":"user_online","user_id":"7"}"#
         );
     }
 

@@ -24,7 +24,9 @@ use herald_protocol::unix_millis;
 use local::{Entry, Local};
 use parking_lot::RwLock;
 use std::sync::Arc;
-pub use view::{CachedEvent, Change, ChannelSummary, MemberCaps, Page, Transition, View};
+pub use view::{
+    CachedEvent, Change, ChannelSummary, MemberCaps, Page, Transition, UserStatus, View,
+};
 
 /// The replicated write a transition came from: the entry's key and the
 /// revision of its last put (for a removal, the put being removed). Every
@@ -400,6 +402,10 @@ impl ChannelState {
     /// Per app: occupied channels and presence members, cluster-wide.
     pub fn stats(&self) -> Vec<(String, usize, usize)> {
         self.view().stats()
+    }
+
+    pub fn user_status(&self, app: &str, user: &str) -> UserStatus {
+        self.view().user_status(app, user)
     }
 
     pub fn online_among(&self, app: &str, candidates: &[String]) -> Vec<String> {

@@ -117,6 +117,20 @@ struct AppView {
     online: HashMap<String, HashSet<String>>,
 }
 
+/// Whether a user is online anywhere in the cluster (see [`View::user_status`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserStatus {
+    pub signed_in: bool,
+    pub presence_channels: Vec<String>,
+}
+
+impl UserStatus {
+    /// Online: signed in, or a member of some presence channel.
+    pub fn online(&self) -> bool {
+        self.signed_in || !self.presence_channels.is_empty()
+    }
+}
+
 /// What the HTTP API reports about a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelSummary {
@@ -487,6 +501,25 @@ impl View {
             .cache
             .clone()
             .filter(|c| now_ms.saturating_sub(c.stored_ms) <= ttl_ms)
+    }
+
+    /// Where a user is online in the cluster: signed in on some connection,
+    /// and the presence channels it is a member of (sorted).
+    pub fn user_status(&self, app: &str, user: &str) -> UserStatus {
+        let Some(state) = self.apps.get(app) else {
+            return UserStatus::default();
+        };
+        let mut presence_channels: Vec<String> = state
+            .channels
+            .iter()
+            .filter(|(_, c)| c.members.contains_key(user))
+            .map(|(name, _)| name.clone())
+            .collect();
+        presence_channels.sort();
+        UserStatus {
+            signed_in: state.online.contains_key(user),
+            presence_channels,
+        }
     }
 
     /// The users of `candidates` that are signed in somewhere.

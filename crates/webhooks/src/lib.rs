@@ -228,7 +228,18 @@ impl Listener for Webhooks {
                     );
                 }
             }
-            Transition::UserOnline { .. } | Transition::UserOffline { .. } => {}
+            // Debounced like members: an offline followed within the
+            // hold-back by an online (a page reload) sends neither.
+            Transition::UserOnline { app, user } => inner.arrive(
+                key(app, "", Some(user)),
+                WebhookEvent::new(WebhookKind::UserOnline, "", Some(user)),
+                id(WebhookKind::UserOnline),
+            ),
+            Transition::UserOffline { app, user } => inner.hold(
+                key(app, "", Some(user)),
+                WebhookEvent::new(WebhookKind::UserOffline, "", Some(user)),
+                id(WebhookKind::UserOffline),
+            ),
         }
     }
 }

@@ -23,6 +23,8 @@ const h = require('./harness');
 const { assert } = h;
 
 const KINDS = ['channel_occupied', 'channel_vacated', 'member_added', 'member_removed', 'client_event', 'cache_miss', 'subscription_count'];
+// Herald's own kinds (sent only to receivers that list them): a user, no channel.
+const USER_KINDS = ['user_online', 'user_offline'];
 
 /** Turn an event matcher (function, {name, channel, ...} object or name string) into a predicate. */
 function matcher(m) {
@@ -91,7 +93,9 @@ async function startReceiver({ app = h.APP, path = '/hook', label = 'receiver' }
         if (!Array.isArray(events) || events.length === 0) entry.problems.push(`events ${JSON.stringify(events)} is not a non-empty array`);
         else {
           for (const e of events) {
-            if (!e || !KINDS.includes(e.name) || typeof e.channel !== 'string') entry.problems.push(`malformed event ${JSON.stringify(e)}`);
+            const pusherKind = e && KINDS.includes(e.name) && typeof e.channel === 'string';
+            const userKind = e && USER_KINDS.includes(e.name) && e.channel === undefined && typeof e.user_id === 'string';
+            if (!pusherKind && !userKind) entry.problems.push(`malformed event ${JSON.stringify(e)}`);
           }
           entry.events = events;
           entry.size = events.length;

@@ -109,12 +109,20 @@ pub async fn run(target: &Target, crowd: Crowd) -> anyhow::Result<()> {
             join(&target, n, &channel, &user, info).await
         }));
     }
+    // Members read (and count) what they are sent, as browsers do: an
+    // unread socket would end up closed as a slow consumer.
+    let member_frames = Arc::new(AtomicI64::new(0));
     let mut members = Vec::with_capacity(crowd.members);
     let mut largest_ack = 0;
     for j in joins {
-        let (ws, count) = j.await?.context("member join")?;
+        let (mut ws, count) = j.await?.context("member join")?;
         largest_ack = largest_ack.max(count);
-        members.push(ws);
+        let frames = member_frames.clone();
+        members.push(tokio::spawn(async move {
+            while let Some(Ok(_)) = ws.next().await {
+                frames.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
     }
     let joined = start.elapsed();
     let last_join = Instant::now();
@@ -140,8 +148,9 @@ pub async fn run(target: &Target, crowd: Crowd) -> anyhow::Result<()> {
         crowd.members
     };
     let cpu_per_join_us = cpu.as_secs_f64() * 1e6 / joins_measured.max(1) as f64;
+    let frames = member_frames.load(Ordering::Relaxed);
     println!(
-        "crowd: {} members joined {channel} in {:.2} s ({:.0}/s); {} watcher(s) exact {exact_ms:.0} ms after the last join; servers' CPU {:.2} s = {cpu_per_join_us:.0} µs per join",
+        "crowd: {} members joined {channel} in {:.2} s ({:.0}/s); {} watcher(s) exact {exact_ms:.0} ms after the last join; servers' CPU {:.2} s = {cpu_per_join_us:.0} µs per join; {frames} frames to this process's members",
         crowd.members,
         joined.as_secs_f64(),
         crowd.members as f64 / joined.as_secs_f64(),
@@ -153,9 +162,12 @@ pub async fn run(target: &Target, crowd: Crowd) -> anyhow::Result<()> {
         serde_json::json!({ "mode": "crowd", "members": crowd.members, "watchers": crowd.watchers,
             "expect_total": crowd.expect_total, "join_seconds": joined.as_secs_f64(),
             "watchers_exact_ms": exact_ms, "server_cpu_seconds": cpu.as_secs_f64(),
-            "server_cpu_per_join_us": cpu_per_join_us, "largest_count_acknowledged": largest_ack })
+            "server_cpu_per_join_us": cpu_per_join_us, "largest_count_acknowledged": largest_ack,
+            "frames_to_members": frames })
     );
     tokio::time::sleep(Duration::from_secs(crowd.hold)).await;
-    drop(members);
+    for member in members {
+        member.abort();
+    }
     Ok(())
 }
