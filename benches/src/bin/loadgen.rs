@@ -151,6 +151,10 @@ enum Mode {
         /// Seconds the watchers may take to be exact.
         #[arg(long, default_value_t = 30)]
         deadline: u64,
+        /// File through which the processes of one crowd share their last
+        /// join (see `crowd`).
+        #[arg(long)]
+        last_join_file: Option<std::path::PathBuf>,
     },
     /// Clients with a public, a private and a presence channel (authorized
     /// by the generator's own HTTP auth endpoint) spread over the --ws
@@ -242,6 +246,7 @@ fn main() -> anyhow::Result<()> {
                 server_pids,
                 hold,
                 deadline,
+                last_join_file,
             } => {
                 if (members + watchers) as u64 + 1024 > fd_limit {
                     bail!("{} sockets need more open files than this process may have ({fd_limit})", members + watchers);
@@ -255,6 +260,7 @@ fn main() -> anyhow::Result<()> {
                     server_pids,
                     hold,
                     deadline,
+                    last_join_file,
                 };
                 crowd::run(&target, crowd).await
             }

@@ -123,6 +123,13 @@ impl Peer {
         &self.0.socket_id
     }
 
+    /// Frames the outbox can still take before the connection counts as
+    /// too slow.
+    pub fn room(&self) -> usize {
+        let state = self.0.state.lock();
+        self.0.capacity.saturating_sub(state.frames.len())
+    }
+
     /// Queues a finished frame. Returns false if the connection is gone or
     /// was just closed for being too slow.
     pub fn send(&self, frame: Bytes) -> bool {

@@ -11,8 +11,8 @@ const { test } = ch;
 
 const PER_GATEWAY = 100;
 // A crashed gateway's members are removed once its heartbeat has run out (node_ttl 3 s + 1 s grace + up to one
-// 1 s beat: the 5 s of cluster-node-crash.test.js), and watchers hear it in the next burst (250 ms).
-const REMOVAL_BOUND_MS = 5000 + 250;
+// 1 s beat: the 5 s of cluster-node-crash.test.js), and watchers hear it in the next burst (100 ms).
+const REMOVAL_BOUND_MS = 5000 + 100;
 const CROWD = {
   id: '444',
   key: 'crowd-key',

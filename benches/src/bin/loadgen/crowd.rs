@@ -34,6 +34,10 @@ pub struct Crowd {
     pub server_pids: Vec<u32>,
     pub hold: u64,
     pub deadline: u64,
+    /// Shared by the processes of one crowd: a process without watchers
+    /// writes the Unix time (ms) of its last join there; the one with
+    /// watchers measures "exact" from the latest last join.
+    pub last_join_file: Option<std::path::PathBuf>,
 }
 
 /// Signs and sends the subscription of user `user` with `info`, and waits
@@ -126,7 +130,12 @@ pub async fn run(target: &Target, crowd: Crowd) -> anyhow::Result<()> {
     }
     let joined = start.elapsed();
     let last_join = Instant::now();
+    let last_join_ms = herald_protocol::unix_millis();
+    if let (Some(file), 0) = (&crowd.last_join_file, crowd.watchers) {
+        std::fs::write(file, last_join_ms.to_string())?;
+    }
     let deadline = last_join + Duration::from_secs(crowd.deadline);
+    // The other processes' joins end before the watchers can be exact.
     let expect = crowd.expect_total as i64;
     while !counts.iter().all(|c| c.load(Ordering::Relaxed) == expect) {
         if Instant::now() > deadline {
@@ -138,7 +147,15 @@ pub async fn run(target: &Target, crowd: Crowd) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let exact_ms = last_join.elapsed().as_secs_f64() * 1000.0;
+    let exact_at_ms = herald_protocol::unix_millis();
+    let others_last: u64 = crowd
+        .last_join_file
+        .as_ref()
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    // Every process's last join, in whole milliseconds.
+    let exact_ms = exact_at_ms.saturating_sub(last_join_ms.max(others_last)) as f64;
     let cpu = servers_cpu(&crowd.server_pids)? - cpu_before;
     // With watchers, the window covers every process's joins into the
     // (empty) crowd; without, this process's own.

@@ -119,8 +119,7 @@ pub(super) fn send_snapshot(cx: &Context<'_>, channel: &str, member: &Member) {
     cx.state
         .with_presence_data(&cx.app.id, channel, |mut presence| {
             if cx.app.is_large_presence(channel) {
-                let told = cx.hub.crowds.add_watcher(channel, cx.peer);
-                cx.metrics.count_burst(&cx.app.id, &told);
+                cx.hub.crowds.add_watcher(channel, cx.peer);
             }
             include_member(&mut presence, &member.user_id, &member.info);
             cx.send_text(&message::subscription_succeeded(channel, Some(presence)));
