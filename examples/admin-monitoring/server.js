@@ -13,7 +13,11 @@
 //
 //   Broadcast::channel('admin-{any}',   fn ($user) => $user->hasRole('admin'));                                  // private-admin-*
 //   Broadcast::channel('admin-presence', fn ($user) => $user->hasRole('admin') ? ['id' => $user->id, 'name' => $user->name] : false);
-//   Broadcast::channel('user-presence',  fn ($user) => ['id' => $user->id, 'name' => $user->name]);
+//   Broadcast::channel('user-presence',  fn ($user) => ['id' => $user->id, 'name' => $user->name, 'watcher' => $user->hasRole('admin')]);
+//
+// user-presence is a large presence channel at Herald (`large_presence_prefixes`, docs/presence.md §12): the
+// members whose signed user_info says "watcher": true (the admins) get its member list and its joins and leaves,
+// every other member (the shoppers) only the member count.
 
 const fs = require('node:fs');
 const http = require('node:http');
@@ -36,7 +40,7 @@ const STATIC = {
  * The channel authorization rules (routes/channels.php). Returns
  *   { allow: false, status, message }             refused
  *   { allow: true }                               private channel
- *   { allow: true, presence: {id, name} }         presence channel member info
+ *   { allow: true, presence: {id, name[, watcher]} }  presence channel member info (user_info)
  */
 function authorize(user, channelName) {
   if (!user) return { allow: false, status: 403, message: 'Unauthenticated.' };
@@ -49,7 +53,8 @@ function authorize(user, channelName) {
     if (!isAdmin(user)) return { allow: false, status: 403, message: 'This action is unauthorized.' };
     return prefix === 'presence-' ? { allow: true, presence: member } : { allow: true };
   }
-  if (name === 'user-presence' && prefix === 'presence-') return { allow: true, presence: member };
+  // The admins watch user-presence: Herald sends them its member list and member events, and only them.
+  if (name === 'user-presence' && prefix === 'presence-') return { allow: true, presence: { ...member, watcher: isAdmin(user) } };
   return { allow: false, status: 403, message: 'This action is unauthorized.' };
 }
 
@@ -133,6 +138,22 @@ async function startServer(opts) {
   };
   const template = fs.readFileSync(path.join(PUBLIC_DIR, 'index.html'), 'utf8');
   const decisions = { allowed: 0, refused: 0, recent: [] };
+  // A store of thousands of shoppers signs thousands of subscriptions at once: log the first few allowed ones
+  // of each second and count the rest (refusals are always logged).
+  const allowedLog = { shown: 0, hidden: 0, timer: null };
+  function logAllowed(line) {
+    if (!allowedLog.timer) {
+      allowedLog.timer = setTimeout(() => {
+        if (allowedLog.hidden) log(`auth 200 for ${allowedLog.hidden} more subscription(s) in that second`);
+        Object.assign(allowedLog, { shown: 0, hidden: 0, timer: null });
+      }, 1000);
+      allowedLog.timer.unref();
+    }
+    if (allowedLog.shown < 5) {
+      allowedLog.shown += 1;
+      log(line);
+    } else allowedLog.hidden += 1;
+  }
 
   function currentUser(req, url) {
     const id = url.searchParams.get('user') ?? parseCookies(req.headers.cookie)[COOKIE];
@@ -154,7 +175,9 @@ async function startServer(opts) {
       else decisions.refused += 1;
       decisions.recent.push(entry);
       if (decisions.recent.length > 50) decisions.recent.shift();
-      if (status !== 200 || !opts.quietAuth) log(`auth ${status} ${user ? `${user.name} (${user.id})` : `guest (${id ?? 'no user'})`} ${channelName}${why ? `: ${why}` : ''}`);
+      const line = `auth ${status} ${user ? `${user.name} (${user.id})` : `guest (${id ?? 'no user'})`} ${channelName}${why ? `: ${why}` : ''}`;
+      if (status !== 200) log(line);
+      else if (!opts.quietAuth) logAllowed(line);
     };
     if (!socketId || !SOCKET_ID.test(socketId) || !channelName) {
       record(400, 'socket_id and channel_name are required');

@@ -4,6 +4,12 @@
 // Pusher HTTP API with the stock `pusher` SDK (what Laravel's `pusher` broadcast driver uses), and it keeps
 // simulated shoppers' sockets (pusher-js) coming and going on presence-user-presence.
 //
+// The shoppers: at start, --min-users of them (or --online N) join quietly, RAMP_CONCURRENCY at a time (the store
+// was already busy); then each `users` tick makes one join or leave between --min-users and --max-users (with
+// --online N: both N, so one leaves and the next tick one joins), with user.online / user.offline. Each shopper
+// is a pusher-js socket authorized by the app's /broadcasting/auth as user 1001.. (a counted member of the large
+// presence channel: it hears the member count, not the members).
+//
 //   Laravel event            broadcastOn()                   broadcastAs()        Echo listens to
 //   UserOnlineEvent          private-admin-monitoring        user.online          .user.online
 //   UserOfflineEvent         private-admin-monitoring        user.offline         .user.offline
@@ -60,6 +66,13 @@ const NOTIFICATIONS = [
   { level: 'success', title: 'Import finished', message: 'Supplier price list imported' },
 ];
 
+/** Shopper sockets opening at once during the start-up ramp. */
+const RAMP_CONCURRENCY = 100;
+/** A shopper whose subscription has not succeeded by then is given up (socket closed). */
+const JOIN_TIMEOUT_MS = 30000;
+/** Joins and leaves kept for status() (the tests compare the dashboard with them). */
+const PRESENCE_LOG_LENGTH = 200;
+
 const PAYMENT_METHODS = ['card', 'mobile_money', 'paypal', 'bank_transfer'];
 const FAILURE_REASONS = ['card_declined', 'insufficient_funds', 'timeout', 'fraud_suspected'];
 
@@ -101,6 +114,7 @@ class Simulator {
    * @param {string|object} [opts.mix]  "users=3,orders=3,..." or {users: 3, ...}
    * @param {number} [opts.minUsers]
    * @param {number} [opts.maxUsers]
+   * @param {number} [opts.online]      a store of N shoppers: min and max users both N (0: use minUsers/maxUsers)
    * @param {number} [opts.paymentFailureRate]
    * @param {number} [opts.seed]
    * @param {(line: string) => void} [opts.log]
@@ -110,9 +124,9 @@ class Simulator {
     this.log = opts.log || (() => {});
     this.rate = opts.rate ?? 2;
     this.mix = typeof opts.mix === 'object' ? { ...Object.fromEntries(KINDS.map((k) => [k, 0])), ...opts.mix } : parseMix(opts.mix ?? 'users=3,orders=3,payments=3,stock=2,system=1,notifications=1', KINDS);
-    this.minUsers = opts.minUsers ?? 2;
-    this.maxUsers = Math.max(opts.maxUsers ?? 8, this.minUsers);
-    if (this.maxUsers > SHOPPER_MAX - SHOPPER_MIN + 1) throw new Error(`--max-users: at most ${SHOPPER_MAX - SHOPPER_MIN + 1}`);
+    this.minUsers = opts.online > 0 ? opts.online : opts.minUsers ?? 2;
+    this.maxUsers = opts.online > 0 ? opts.online : Math.max(opts.maxUsers ?? 8, this.minUsers);
+    if (this.maxUsers > SHOPPER_MAX - SHOPPER_MIN + 1) throw new Error(`--max-users / --online: at most ${SHOPPER_MAX - SHOPPER_MIN + 1}`);
     this.failureRate = Math.min(1, Math.max(0, opts.paymentFailureRate ?? 0.25));
     this.seed = opts.seed || Math.floor(Math.random() * 2 ** 31) + 1;
     this.random = prng(this.seed);
@@ -134,6 +148,8 @@ class Simulator {
     this.alertSeq = 0;
     this.notificationSeq = 0;
     this.shoppers = new Map(); // user id -> {user, client, state: 'joining'|'online'|'leaving', since}
+    this.presenceLog = []; // the last PRESENCE_LOG_LENGTH joins and leaves: {at, kind: 'join'|'leave', id, name, ramp?}
+    this.ramp = { target: this.minUsers, state: 'waiting', started_at: null, finished_at: null, ms: null, refused: 0 };
     this.stats = { started_at: null, seed: this.seed, rate: this.rate, mix: this.mix, triggered: 0, failed: 0, by_event: {}, last_error: null };
     this.pending = new Set();
     this.timer = null;
@@ -141,22 +157,34 @@ class Simulator {
 
   start() {
     if (this.timer || this.rate <= 0) return;
+    this.stopped = false;
     this.stats.started_at = new Date().toISOString();
     this.timer = setInterval(() => this.tick(), Math.max(10, Math.round(1000 / this.rate)));
+    this.rampDone = this.rampUp();
     this.tick();
   }
 
   async stop() {
+    this.stopped = true;
     clearInterval(this.timer);
     this.timer = null;
-    for (const s of this.shoppers.values()) s.client.disconnect();
+    for (const s of this.shoppers.values()) {
+      if (s.abort) s.abort();
+      s.client.disconnect();
+    }
     this.shoppers.clear();
-    await Promise.allSettled([...this.pending]);
+    await Promise.allSettled([...this.pending, this.rampDone]);
   }
 
   status() {
-    const online = [...this.shoppers.values()].filter((s) => s.state === 'online').length;
-    return { ...this.stats, shoppers_online: online, today_order_count: this.todayOrderCount };
+    return {
+      ...this.stats,
+      shoppers_online: this.onlineCount(),
+      shoppers_target: this.minUsers === this.maxUsers ? this.minUsers : [this.minUsers, this.maxUsers],
+      ramp: { ...this.ramp },
+      presence_log: this.presenceLog.slice(),
+      today_order_count: this.todayOrderCount,
+    };
   }
 
   tick() {
@@ -206,13 +234,48 @@ class Simulator {
   }
 
   users() {
+    if (this.ramp.state === 'running') return; // the ramp is joining them
     const present = this.shoppers.size; // joining + online (+ leaving, gone at once)
     const join = present < this.minUsers || (present < this.maxUsers && this.random() < 0.6);
     if (join) this.joinShopper();
     else this.leaveShopper();
   }
 
-  joinShopper() {
+  logPresence(kind, user, ramp = false) {
+    this.presenceLog.push({ at: this.now(), kind, id: user.id, name: user.name, ...(ramp ? { ramp } : {}) });
+    if (this.presenceLog.length > PRESENCE_LOG_LENGTH) this.presenceLog.shift();
+  }
+
+  /** The store's shoppers already online: --min-users (--online) of them, RAMP_CONCURRENCY sockets at a time. */
+  async rampUp() {
+    const target = this.minUsers;
+    Object.assign(this.ramp, { state: 'running', started_at: this.now() });
+    const t0 = Date.now();
+    if (target >= 50) this.log(`ramp: ${target} shoppers joining ${CHANNELS.userPresence}, ${RAMP_CONCURRENCY} at a time`);
+    let nextReport = Date.now() + 2000;
+    const worker = async () => {
+      while (!this.stopped && this.shoppers.size < target && this.ramp.refused <= Math.max(20, target / 10)) {
+        if (!(await this.joinShopper({ ramp: true }))) this.ramp.refused += 1;
+        if (target >= 50 && Date.now() >= nextReport) {
+          nextReport = Date.now() + 2000;
+          this.log(`ramp: ${this.onlineCount()}/${target} shoppers online`);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(RAMP_CONCURRENCY, target) }, worker));
+    const ms = Date.now() - t0;
+    const ok = this.shoppers.size >= target;
+    Object.assign(this.ramp, { state: this.stopped ? 'stopped' : ok ? 'done' : 'failed', finished_at: this.now(), ms });
+    if (!this.stopped && target > 0) {
+      this.log(`ramp: ${ok ? 'done' : 'FAILED'}: ${this.onlineCount()}/${target} shoppers online after ${ms} ms (${this.ramp.refused} refused)`);
+    }
+  }
+
+  /**
+   * Open a shopper's socket and join presence-user-presence. Resolves true once subscribed, false if refused
+   * (or not subscribed within JOIN_TIMEOUT_MS). A ramp join sends no user.online (the shopper was already there).
+   */
+  joinShopper({ ramp = false } = {}) {
     let id;
     do id = SHOPPER_MIN + Math.floor(this.random() * (SHOPPER_MAX - SHOPPER_MIN + 1));
     while (this.shoppers.has(id));
@@ -228,30 +291,57 @@ class Simulator {
     });
     const shopper = { user, client, state: 'joining', since: Date.now() };
     this.shoppers.set(id, shopper);
+    this.logPresence('join', user, ramp);
     const channel = client.subscribe(CHANNELS.userPresence);
-    channel.bind('pusher:subscription_succeeded', () => {
-      if (shopper.state !== 'joining') return;
-      shopper.state = 'online';
-      // UserOnlineEvent($user, $activeSession, $totalActiveUsers)
-      this.trigger(CHANNELS.monitoring, 'user.online', {
-        user: { id: user.id, name: user.name },
-        total_active_users: this.onlineCount(),
-        timestamp: this.now(),
+    return new Promise((resolve) => {
+      const giveUp = (why) => {
+        clearTimeout(timer);
+        if (this.shoppers.get(id) === shopper) {
+          this.log(`simulator: shopper ${id} ${why} on ${CHANNELS.userPresence}`);
+          this.stats.last_error = `shopper ${id} ${why} on ${CHANNELS.userPresence}`;
+          this.shoppers.delete(id);
+        }
+        client.disconnect();
+        resolve(false);
+      };
+      const timer = setTimeout(() => giveUp(`not subscribed within ${JOIN_TIMEOUT_MS} ms`), JOIN_TIMEOUT_MS);
+      shopper.abort = () => {
+        clearTimeout(timer);
+        resolve(false);
+      };
+      channel.bind('pusher:subscription_succeeded', () => {
+        clearTimeout(timer);
+        shopper.abort = null;
+        resolve(true);
+        if (shopper.state !== 'joining') return;
+        shopper.state = 'online';
+        if (ramp) return;
+        // UserOnlineEvent($user, $activeSession, $totalActiveUsers)
+        this.trigger(CHANNELS.monitoring, 'user.online', {
+          user: { id: user.id, name: user.name },
+          total_active_users: this.onlineCount(),
+          timestamp: this.now(),
+        });
       });
-    });
-    channel.bind('pusher:subscription_error', (e) => {
-      this.log(`simulator: shopper ${id} refused on ${CHANNELS.userPresence}: ${JSON.stringify(e)}`);
-      this.stats.last_error = `shopper ${id} refused on ${CHANNELS.userPresence}`;
-      client.disconnect();
-      this.shoppers.delete(id);
+      channel.bind('pusher:subscription_error', (e) => giveUp(`refused: ${JSON.stringify(e)}`));
     });
   }
 
   leaveShopper() {
-    const online = [...this.shoppers.values()].filter((s) => s.state === 'online');
-    if (!online.length) return;
-    const shopper = this.pick(online);
+    let shopper;
+    // A random online shopper, without copying thousands of them into an array.
+    const online = this.onlineCount();
+    if (!online) return;
+    let k = Math.floor(this.random() * online);
+    for (const s of this.shoppers.values()) {
+      if (s.state !== 'online') continue;
+      if (k-- === 0) {
+        shopper = s;
+        break;
+      }
+    }
     shopper.state = 'leaving';
+    this.logPresence('leave', shopper.user);
     shopper.client.unsubscribe(CHANNELS.userPresence);
     shopper.client.disconnect();
     this.shoppers.delete(shopper.user.id);
@@ -351,7 +441,7 @@ module.exports = { Simulator, CHANNELS, KINDS, weightedRoundRobin };
 
 if (require.main === module) {
   const { parseOptions, usage } = require('./lib/options');
-  const names = ['herald-url', 'auth-url', 'rate', 'mix', 'min-users', 'max-users', 'payment-failure-rate', 'seed', 'quiet', 'help'];
+  const names = ['herald-url', 'auth-url', 'rate', 'mix', 'min-users', 'max-users', 'online', 'payment-failure-rate', 'seed', 'quiet', 'help'];
   let o;
   try {
     o = parseOptions(process.argv.slice(2), process.env, names);
@@ -377,6 +467,7 @@ if (require.main === module) {
     mix: o.mix,
     minUsers: o.minUsers,
     maxUsers: o.maxUsers,
+    online: o.online,
     paymentFailureRate: o.paymentFailureRate,
     seed: o.seed,
     log: o.quiet ? undefined : (line) => console.log(line),

@@ -3,6 +3,7 @@
 
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');
+const os = require('node:os');
 const path = require('node:path');
 
 const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -26,18 +27,50 @@ function findHerald(env = process.env) {
   );
 }
 
+/** The wire prefix of the store's large presence channel: Laravel's `user-presence` (docs/presence.md §12). */
+const LARGE_PRESENCE_PREFIXES = ['presence-user-presence'];
+
+const tomlString = (s) => JSON.stringify(String(s)); // TOML basic strings take JSON's escapes
+
 /**
- * Start `herald standalone` with the app in PUSHER_APP_* (what a Laravel .env has) and wait until
- * GET /readyz on the metrics address answers 200.
- * @returns {Promise<{child, stop: () => Promise<void>, output: () => string, exited: Promise<{code, signal}>}>}
+ * The config file Herald runs with: the store's one app (the PUSHER_APP_* of its .env) with
+ * `large_presence_prefixes`, which only a config file can set. HERALD_CLIENT_EVENTS=true, which Herald refuses
+ * next to a file with apps, becomes the app's `client_events`.
+ */
+function heraldConfig(app, env = process.env) {
+  const clientEvents = /^(true|1)$/i.test(env.HERALD_CLIENT_EVENTS || '');
+  return [
+    '# Written by examples/admin-monitoring/lib/herald.js for this run; deleted when it stops.',
+    '[[apps]]',
+    `id = ${tomlString(app.id)}`,
+    `key = ${tomlString(app.key)}`,
+    `secret = ${tomlString(app.secret)}`,
+    `client_events = ${clientEvents}`,
+    '# Thousands of shoppers on user-presence (up to max_large_presence_members, 20,000): only members whose signed',
+    '# user_info has "watcher": true (the admins) get the member list and joins/leaves; the others get the count.',
+    `large_presence_prefixes = [${LARGE_PRESENCE_PREFIXES.map(tomlString).join(', ')}]`,
+    '',
+  ].join('\n');
+}
+
+/**
+ * Start `herald standalone --config FILE`, FILE being heraldConfig(app) in a new temporary directory, and wait
+ * until GET /readyz on the metrics address answers 200. stop() deletes the directory.
+ * @returns {Promise<{child, args, configPath, stop: () => Promise<void>, output: () => string, exited: Promise<{code, signal}>}>}
  */
 async function startHerald({ bin, app, host, port, metricsPort, onLine = () => {}, readyTimeoutMs = 15000 }) {
-  const env = { ...process.env, PUSHER_APP_ID: app.id, PUSHER_APP_KEY: app.key, PUSHER_APP_SECRET: app.secret, NO_COLOR: '1' };
-  // The app must come from PUSHER_APP_*, and the addresses from the flags: ignore a HERALD_* left in the shell.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-admin-monitoring-'));
+  const removeDir = () => fs.rmSync(dir, { recursive: true, force: true });
+  process.once('exit', removeDir);
+  const configPath = path.join(dir, 'herald.toml');
+  fs.writeFileSync(configPath, heraldConfig(app), { mode: 0o600 });
+  const env = { ...process.env, NO_COLOR: '1' };
+  // The app and the addresses must come from this file and the flags: ignore HERALD_* left in the shell.
   delete env.HERALD_CONFIG;
   delete env.HERALD_BIND;
   delete env.HERALD_METRICS_BIND;
-  const args = ['standalone', '--bind', `${host}:${port}`, '--metrics-bind', `${host}:${metricsPort}`];
+  delete env.HERALD_CLIENT_EVENTS; // in the file
+  const args = ['standalone', '--config', configPath, '--bind', `${host}:${port}`, '--metrics-bind', `${host}:${metricsPort}`];
   const child = spawn(bin, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   const lines = (stream) => {
@@ -71,6 +104,7 @@ async function startHerald({ bin, app, host, port, metricsPort, onLine = () => {
   const deadline = Date.now() + readyTimeoutMs;
   for (;;) {
     if (exitInfo) {
+      removeDir();
       throw new Error(`herald exited (code ${exitInfo.code}, signal ${exitInfo.signal}) before it was ready:\n${output}`);
     }
     try {
@@ -81,19 +115,22 @@ async function startHerald({ bin, app, host, port, metricsPort, onLine = () => {
     }
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
+      removeDir();
       throw new Error(`herald not ready (GET ${readyUrl} != 200) within ${readyTimeoutMs} ms:\n${output}`);
     }
     await new Promise((r) => setTimeout(r, 50));
   }
 
   async function stop(timeoutMs = 10000) {
-    if (exitInfo) return;
-    child.kill('SIGTERM');
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    await exited;
-    clearTimeout(timer);
+    if (!exitInfo) {
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+      await exited;
+      clearTimeout(timer);
+    }
+    removeDir();
   }
-  return { child, args, stop, exited, output: () => output };
+  return { child, args, configPath, stop, exited, output: () => output };
 }
 
-module.exports = { findHerald, startHerald, REPO_ROOT };
+module.exports = { findHerald, startHerald, heraldConfig, LARGE_PRESENCE_PREFIXES, REPO_ROOT };

@@ -15,6 +15,12 @@ const OPTIONS = {
   },
   'min-users': { env: 'SIM_MIN_USERS', default: 2, int: true, help: 'simulated shoppers kept on presence-user-presence, at least' },
   'max-users': { env: 'SIM_MAX_USERS', default: 8, int: true, help: '... and at most' },
+  online: {
+    env: 'SIM_ONLINE',
+    default: 0,
+    int: true,
+    help: 'a store of N shoppers online: N join at start, 100 at a time, then they churn (sets --min-users and --max-users to N; 0 = off)',
+  },
   'payment-failure-rate': { env: 'SIM_PAYMENT_FAILURE_RATE', default: 0.25, num: true, help: 'share of payments that fail (0..1)' },
   seed: { env: 'SIM_SEED', default: 0, int: true, help: 'random seed (0 = a new one each run)' },
   'herald-url': { env: 'HERALD_URL', default: '', help: 'simulator.js only: Herald to trigger on, e.g. http://127.0.0.1:6001' },

@@ -4,7 +4,7 @@
 //   1 Alice Admin     admin   (the dashboard's default user)
 //   2 Bob Admin       admin
 //   3 Carol Customer  user    (refused every admin-* channel)
-//   1001..1999        user    simulated shoppers (the simulator's sockets on presence-user-presence)
+//   1001..20000       user    simulated shoppers (the simulator's sockets on presence-user-presence)
 
 const STAFF = Object.freeze({
   1: Object.freeze({ id: 1, name: 'Alice Admin', role: 'admin' }),
@@ -15,7 +15,7 @@ const STAFF = Object.freeze({
 const FIRST_NAMES = ['Amara', 'Bruno', 'Chen', 'Dalia', 'Emeka', 'Farah', 'Goran', 'Hana', 'Ivan', 'Jia', 'Kofi', 'Lena', 'Mateo', 'Nia', 'Omar', 'Priya', 'Quinn', 'Rosa', 'Sami', 'Tove'];
 
 const SHOPPER_MIN = 1001;
-const SHOPPER_MAX = 1999;
+const SHOPPER_MAX = 20000; // room for a store of thousands online (--online) and their churn
 
 /** The user with this id (number or numeric string), or undefined. */
 function findUser(id) {

@@ -220,23 +220,82 @@
     .error((e) => refused('presence-admin-presence', e));
 
   // -- presence-user-presence: every logged-in user (shoppers and staff) -----------------------------------------
-  let userPresence = 0;
-  const showUserPresence = () => ($('user-presence-count').textContent = String(userPresence));
+  // A large presence channel at Herald (docs/presence.md §12): the app signs admins in with "watcher": true, and
+  // only watchers get the member list (here) and the joins and leaves (joining / leaving, in 250 ms bursts). Any
+  // other member's here() lists itself alone; it gets the count from the subscription and then as
+  // pusher:subscription_count, at most once a second. With thousands online the page keeps the members in a Map
+  // (for the count) and shows only the last ACTIVITY_LENGTH joins and leaves: one frame's worth of changes is
+  // drawn at a time, however many arrive.
+  const ACTIVITY_LENGTH = 20;
+  const presence = (state.userPresence = { watcher: null, count: null, joins: 0, leaves: 0 });
+  let members = new Map(); // id -> user_info, watchers only
+  let fresh = []; // joins and leaves not drawn yet, oldest first
+  let drawScheduled = false;
+  const userPresenceChannel = () => echo.connector.pusher.channel('presence-user-presence');
+  function draw() {
+    drawScheduled = false;
+    const n = presence.count;
+    $('online-count').textContent = n == null ? '–' : n.toLocaleString('en-US');
+    $('online-count').dataset.count = n == null ? '' : String(n);
+    $('user-presence-count').textContent = n == null ? '–' : String(n);
+    const list = $('presence-activity');
+    for (const e of fresh.slice(-ACTIVITY_LENGTH)) {
+      const joined = e.kind === 'join';
+      const li = el('li', `item ${joined ? 'online' : 'offline'}`);
+      li.dataset.kind = e.kind;
+      li.dataset.userId = String(e.id);
+      li.dataset.at = e.at;
+      li.append(el('time', 'at', clock(e.at)), el('span', `badge ${joined ? 'online' : 'offline'}`, joined ? 'joined' : 'left'), ' ', el('span', 'name', e.name));
+      list.prepend(li);
+    }
+    fresh = [];
+    while (list.children.length > ACTIVITY_LENGTH) list.lastElementChild.remove();
+  }
+  function scheduleDraw() {
+    if (drawScheduled) return;
+    drawScheduled = true;
+    requestAnimationFrame(draw);
+  }
+  function memberChanged(kind, u) {
+    if (kind === 'join') {
+      members.set(String(u.id), u);
+      presence.joins += 1;
+    } else {
+      members.delete(String(u.id));
+      presence.leaves += 1;
+    }
+    presence.count = members.size;
+    fresh.push({ kind, id: u.id, name: u.name ?? String(u.id), at: new Date().toISOString() });
+    if (fresh.length > 2 * ACTIVITY_LENGTH) fresh.splice(0, fresh.length - ACTIVITY_LENGTH);
+    scheduleDraw();
+  }
   channelChip('presence-user-presence');
   echo
     .join('user-presence')
     .here((users) => {
       subscribedTo('presence-user-presence');
-      userPresence = users.length;
-      showUserPresence();
+      const me = users.find((u) => String(u.id) === String(page.user.id));
+      presence.watcher = Boolean(me && me.watcher);
+      members = new Map(users.map((u) => [String(u.id), u]));
+      // A watcher counts its list; anyone else has itself alone, and the channel's true count in members.count.
+      presence.count = presence.watcher ? members.size : userPresenceChannel().members.count;
+      $('online-detail').textContent = presence.watcher
+        ? 'members of presence-user-presence: you watch it, Herald sends you every join and leave'
+        : 'members of presence-user-presence: as a counted member you get the count (pusher:subscription_count), not the list';
+      if (!presence.watcher) {
+        $('presence-activity-note').hidden = false;
+        $('presence-activity-note').textContent = 'Only watchers (the admins) hear who joins and leaves.';
+      }
+      scheduleDraw();
     })
-    .joining(() => {
-      userPresence += 1;
-      showUserPresence();
-    })
-    .leaving(() => {
-      userPresence = Math.max(0, userPresence - 1);
-      showUserPresence();
+    .joining((u) => memberChanged('join', u))
+    .leaving((u) => memberChanged('leave', u))
+    .listen('.pusher:subscription_count', (e) => {
+      presence.subscriptionCount = e.subscription_count;
+      if (presence.watcher === false) {
+        presence.count = e.subscription_count;
+        scheduleDraw();
+      }
     })
     .error((e) => refused('presence-user-presence', e));
 })();

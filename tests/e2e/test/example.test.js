@@ -8,6 +8,10 @@
 //   - Alice (admin) sees the simulator's events on screen, and Bob (a second admin, a Node laravel-echo client)
 //     appear in and leave her "Admins online" list (presence-admin-presence). The screenshot goes to
 //     docs/img/admin-monitoring.png.
+//   - A store of 2,000 online shoppers (`run --online 2000`, a second demo): Alice, a watcher of the large presence
+//     channel presence-user-presence, sees the true member count (Herald's HTTP API) within seconds of the ramp,
+//     and the simulator's joins and leaves in her bounded "Recent joins and leaves" list; Carol, a counted
+//     member, sees the count alone.
 //
 // Needs: /usr/bin/chromium (scripts/test installs it; the test fails, not skips, without it) and the example's
 // own dependencies (npm ci in examples/admin-monitoring). Synchronisation: bounded waits on page and client state.
@@ -60,8 +64,10 @@ function preflight() {
   if (!fs.existsSync(h.HERALD_BIN)) throw new Error(`Herald binary not found at ${h.HERALD_BIN} (set HERALD_BIN)`);
 }
 
+const SMALL_STORE = ['--rate', '10', '--seed', '7', '--min-users', '2', '--max-users', '5', '--payment-failure-rate', '0.4'];
+
 /** Start `examples/admin-monitoring/run` on free ports; resolves once it prints the dashboard URL. */
-async function startDemo() {
+async function startDemo(simArgs = SMALL_STORE) {
   const heraldPort = await h.freePort();
   const metricsPort = await h.freePort();
   const args = [
@@ -69,11 +75,7 @@ async function startDemo() {
     '--port', '0',
     '--herald-port', String(heraldPort),
     '--metrics-port', String(metricsPort),
-    '--rate', '10',
-    '--seed', '7',
-    '--min-users', '2',
-    '--max-users', '5',
-    '--payment-failure-rate', '0.4',
+    ...simArgs,
   ];
   const env = { ...process.env, HERALD_BIN: h.HERALD_BIN, PUSHER_APP_ID: APP.id, PUSHER_APP_KEY: APP.key, PUSHER_APP_SECRET: APP.secret, NO_COLOR: '1' };
   // Its own process group, so that a failed shutdown can take Herald down with it.
@@ -199,7 +201,7 @@ async function echoAs(userId) {
   return echo;
 }
 
-const status = async () => (await fetch(`${demo.url}api/status`, { signal: AbortSignal.timeout(5000) })).json();
+const status = async (d = demo) => (await fetch(`${d.url}api/status`, { signal: AbortSignal.timeout(5000) })).json();
 
 demoTest('a non-admin user is refused the admin channels: the page says so and shows no admin events', async (t, page, pageErrors) => {
   await page.goto(`${demo.url}?user=3`, { timeout: 15000 });
@@ -294,4 +296,152 @@ demoTest('an admin sees the simulator events live and another admin joining and 
   bob.leave('admin-presence');
   await page.waitForFunction(() => window.dashboard.admins.join() === 'Alice Admin', null, { timeout: 10000 });
   assert.deepEqual(pageErrors, []);
+});
+
+// -- a store of 2,000 shoppers online -----------------------------------------------------------------------------
+
+const STORE = 2000;
+
+/** The number the "Users online" card shows (data-count: the digits, without the thousands separators). */
+const shownCount = (page) => page.$eval('#online-count', (e) => (e.dataset.count === '' ? null : Number(e.dataset.count)));
+
+/**
+ * Waits until `page` shows the channel's true member count: Herald's HTTP API (`info=user_count`) answers the
+ * same figure just before and just after the page is read (the simulator churns a shopper every ~0.4 s).
+ */
+async function showsTrueCount(page, sdk, timeoutMs, what) {
+  let last;
+  await h.waitFor(
+    async () => {
+      const before = (await h.sdkGetJson(sdk, '/channels/presence-user-presence', { info: 'user_count' })).user_count;
+      const shown = await shownCount(page);
+      const after = (await h.sdkGetJson(sdk, '/channels/presence-user-presence', { info: 'user_count' })).user_count;
+      last = { before, shown, after };
+      return before === after && shown === after;
+    },
+    timeoutMs,
+    { toString: () => `${what} (last: ${JSON.stringify(last)})` },
+    50,
+  );
+  return last.shown;
+}
+
+test('a store of 2,000 shoppers online: the admin sees the true count and the recent joins and leaves', { timeout: 90000 }, async (t) => {
+  if (setupError) throw setupError;
+  const t0 = Date.now();
+  const store = await startDemo(['--rate', '10', '--seed', '11', '--online', String(STORE)]);
+  const pages = [];
+  const pageErrors = [];
+  const newPage = async () => {
+    const page = await browser.newPage();
+    page.on('pageerror', (e) => pageErrors.push(e.message));
+    page.on('console', (m) => {
+      if (m.type() === 'error') pageErrors.push(`console: ${m.text()}`);
+    });
+    pages.push(page);
+    return page;
+  };
+  try {
+    const sdk = new h.PusherSdk({ appId: APP.id, key: APP.key, secret: APP.secret, host: '127.0.0.1', port: String(store.heraldPort), useTLS: false, timeout: 5000 });
+
+    // Alice (admin) opens the dashboard while the shoppers are still arriving: she is a watcher.
+    const alice = await newPage();
+    await alice.addInitScript(() => {
+      window.longTasks = [];
+      new PerformanceObserver((l) => {
+        for (const e of l.getEntries()) window.longTasks.push(Math.round(e.duration));
+      }).observe({ type: 'longtask' });
+    });
+    await alice.goto(`${store.url}?user=1`, { timeout: 15000 });
+    await alice.waitForFunction(() => window.dashboard.subscribed['presence-user-presence'] === true && window.dashboard.userPresence.watcher === true, null, {
+      timeout: 20000,
+    });
+
+    // The simulator's ramp: 2,000 pusher-js shoppers, 100 at a time, through the app's /broadcasting/auth.
+    const ramp = await h.waitFor(
+      async () => {
+        const r = (await status(store)).simulator.ramp;
+        if (r.state === 'failed') throw new Error(`ramp failed: ${JSON.stringify(r)}`);
+        return r.state === 'done' && r;
+      },
+      45000,
+      'the simulator to report its ramp done',
+      100,
+    );
+    const rampSeen = Date.now();
+
+    // Within a few seconds the page shows the true member count: 2,000 shoppers (give or take the one churning)
+    // plus Alice herself.
+    const count = await showsTrueCount(alice, sdk, 5000, "Alice's count to equal Herald's user_count");
+    const exactAfterMs = Date.now() - rampSeen;
+    assert.ok(count >= STORE && count <= STORE + 2, `members ${count}: ${STORE} shoppers (one may be churning) and Alice`);
+    const sim = (await status(store)).simulator;
+    assert.ok(Math.abs(sim.shoppers_online + 1 - count) <= 1, `simulator has ${sim.shoppers_online} shoppers online, the page shows ${count}`);
+    t.diagnostic(`ramp ${ramp.ms} ms; page exact ${exactAfterMs} ms after the ramp was seen done; ${count} members shown; ${((Date.now() - t0) / 1000).toFixed(1)} s into the test`);
+
+    // The simulator churns (a shopper leaves, the next tick one joins): the recent-activity list shows them.
+    const base = await alice.evaluate(() => ({ ...window.dashboard.userPresence }));
+    await alice.waitForFunction(
+      (b) => {
+        const p = window.dashboard.userPresence;
+        const shown = [...document.querySelectorAll('#presence-activity li')];
+        return (
+          p.joins - b.joins >= 2 &&
+          p.leaves - b.leaves >= 2 &&
+          shown.some((li) => li.dataset.kind === 'join') &&
+          shown.some((li) => li.dataset.kind === 'leave')
+        );
+      },
+      base,
+      { timeout: 20000 },
+    );
+    const shown = await alice.$$eval('#presence-activity li', (lis) =>
+      lis.map((li) => ({ kind: li.dataset.kind, id: Number(li.dataset.userId), name: li.querySelector('.name').textContent, at: li.dataset.at, time: li.querySelector('time').textContent })),
+    );
+    const log = (await status(store)).simulator.presence_log;
+    const key = (e) => `${e.kind} ${e.id} ${e.name}`;
+    const logged = new Set(log.map(key));
+    assert.ok(shown.length >= 2 && shown.length <= 20, `the list is bounded: ${shown.length} entries`);
+    for (const e of shown) {
+      assert.ok(logged.has(key(e)), `the page shows "${key(e)}", which the simulator did not report (its last ${log.length}: ${log.slice(-10).map(key).join('; ')})`);
+      assert.match(e.time, /^\d\d:\d\d:\d\d$/);
+      assert.match(e.name, /^[A-Z][a-z]+ \(shopper \d+\)$/);
+    }
+    const churned = log.filter((e) => !e.ramp);
+    assert.ok(
+      shown.some((e) => e.kind === 'leave' && churned.some((c) => key(c) === key(e))) && shown.some((e) => e.kind === 'join' && churned.some((c) => key(c) === key(e))),
+      'the list shows joins and leaves of the churn',
+    );
+    // Newest first.
+    const times = shown.map((e) => Date.parse(e.at));
+    assert.deepEqual(times, [...times].sort((a, b) => b - a), 'newest first');
+    // 2,000 members and no 2,000-row list: the page holds the count and the bounded list.
+    const listItems = await alice.$$eval('li', (lis) => lis.length);
+    assert.ok(listItems < 200, `${listItems} <li> on the page`);
+    // Still exact after the churn.
+    await showsTrueCount(alice, sdk, 5000, "Alice's count to equal Herald's user_count after the churn");
+
+    // Carol, a counted member, is not sent the members: her page gets the true count (from her subscription, then
+    // pusher:subscription_count at most once a second) and says that only watchers hear joins and leaves.
+    const carol = await newPage();
+    await carol.goto(`${store.url}?user=3`, { timeout: 15000 });
+    await carol.waitForFunction(() => window.dashboard.subscribed['presence-user-presence'] === true && window.dashboard.userPresence.watcher === false, null, {
+      timeout: 15000,
+    });
+    await showsTrueCount(carol, sdk, 8000, "Carol's count to equal Herald's user_count");
+    assert.equal(await carol.isVisible('#presence-activity-note'), true);
+    assert.equal(await carol.$$eval('#presence-activity li', (lis) => lis.length), 0);
+    assert.equal(await carol.evaluate(() => window.dashboard.userPresence.joins + window.dashboard.userPresence.leaves), 0);
+
+    const longTasks = await alice.evaluate(() => window.longTasks);
+    t.diagnostic(`done ${((Date.now() - t0) / 1000).toFixed(1)} s after start${longTasks.length ? `; long tasks on Alice's page: ${longTasks.join(', ')} ms` : ''}`);
+    assert.deepEqual(pageErrors.filter((e) => !/Failed to load resource: .*status of 403/.test(e)), []);
+  } catch (err) {
+    err.message += `\n--- page errors ---\n${pageErrors.join('\n')}\n--- run --online ${STORE} output (tail) ---\n${store.output().slice(-6000)}`;
+    throw err;
+  } finally {
+    for (const p of pages) await p.close().catch(() => {});
+    const { code } = await store.stop();
+    assert.equal(code, 0, `run --online ${STORE} should exit 0 on SIGINT:\n${store.output().slice(-4000)}`);
+  }
 });
