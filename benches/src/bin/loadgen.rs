@@ -155,6 +155,10 @@ enum Mode {
         /// join (see `crowd`).
         #[arg(long)]
         last_join_file: Option<std::path::PathBuf>,
+        /// After the watchers are exact, kill -9 this pid (the gateway at
+        /// the first --ws address) and time its members' removal.
+        #[arg(long)]
+        kill_pid: Option<u32>,
     },
     /// Clients with a public, a private and a presence channel (authorized
     /// by the generator's own HTTP auth endpoint) spread over the --ws
@@ -247,6 +251,7 @@ fn main() -> anyhow::Result<()> {
                 hold,
                 deadline,
                 last_join_file,
+                kill_pid,
             } => {
                 if (members + watchers) as u64 + 1024 > fd_limit {
                     bail!("{} sockets need more open files than this process may have ({fd_limit})", members + watchers);
@@ -261,6 +266,7 @@ fn main() -> anyhow::Result<()> {
                     hold,
                     deadline,
                     last_join_file,
+                    kill_pid,
                 };
                 crowd::run(&target, crowd).await
             }

@@ -38,6 +38,20 @@ pub struct Crowd {
     /// writes the Unix time (ms) of its last join there; the one with
     /// watchers measures "exact" from the latest last join.
     pub last_join_file: Option<std::path::PathBuf>,
+    /// After the watchers are exact, SIGKILL this pid (the gateway at the
+    /// first `--ws` address) and measure how its members leave the other
+    /// gateways' watchers. One generator process only.
+    pub kill_pid: Option<u32>,
+}
+
+/// What one watcher heard.
+#[derive(Default)]
+struct Heard {
+    /// Members it knows of.
+    count: AtomicI64,
+    /// `member_removed` frames, and the distinct users they named.
+    removed: AtomicI64,
+    removed_users: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Signs and sends the subscription of user `user` with `info`, and waits
@@ -73,6 +87,85 @@ async fn join(
     }
 }
 
+/// The `user_id` of a `member_removed` frame.
+fn removed_user(text: &str) -> Option<String> {
+    let msg: serde_json::Value = serde_json::from_str(text).ok()?;
+    let data: serde_json::Value = serde_json::from_str(msg["data"].as_str()?).ok()?;
+    Some(data["user_id"].as_str()?.to_owned())
+}
+
+/// Kills the gateway at the first `--ws` address and waits until every
+/// watcher on another gateway has heard each of its users leave; reports
+/// how long that took, whether anyone was announced twice, and how many
+/// frames the members on the other gateways got meanwhile.
+async fn kill_gateway(
+    target: &Target,
+    crowd: &Crowd,
+    pid: u32,
+    watchers: &[(usize, Arc<Heard>)],
+    survivor_frames: &AtomicI64,
+) -> anyhow::Result<()> {
+    let gateways = target.ws.len();
+    let on_killed = |n: usize| n.is_multiple_of(gateways);
+    let first = crowd.first_member;
+    let gone = (first..first + crowd.watchers + crowd.members)
+        .filter(|n| on_killed(*n))
+        .count() as i64;
+    let survivors: Vec<&Arc<Heard>> = watchers
+        .iter()
+        .filter(|(n, _)| !on_killed(*n))
+        .map(|(_, h)| h)
+        .collect();
+    let surviving_members = (first + crowd.watchers..first + crowd.watchers + crowd.members)
+        .filter(|n| !on_killed(*n))
+        .count();
+    let frames_before = survivor_frames.load(Ordering::Relaxed);
+    let killed_at = Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).context("pid")?,
+        rustix::process::Signal::KILL,
+    )?;
+    let deadline = killed_at + Duration::from_secs(crowd.deadline);
+    while !survivors
+        .iter()
+        .all(|h| h.removed_users.lock().expect("not poisoned").len() as i64 >= gone)
+    {
+        if Instant::now() > deadline {
+            let heard: Vec<usize> = survivors
+                .iter()
+                .map(|h| h.removed_users.lock().expect("not poisoned").len())
+                .collect();
+            bail!(
+                "watchers heard {heard:?} of {gone} removals {} s after the kill",
+                crowd.deadline
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let removed_ms = killed_at.elapsed().as_secs_f64() * 1000.0;
+    // Anything more (a second announcement) would come in the next bursts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let twice: Vec<i64> = survivors
+        .iter()
+        .map(|h| {
+            h.removed.load(Ordering::Relaxed)
+                - h.removed_users.lock().expect("not poisoned").len() as i64
+        })
+        .collect();
+    let frames = survivor_frames.load(Ordering::Relaxed) - frames_before;
+    let per_member = frames as f64 / surviving_members.max(1) as f64;
+    println!(
+        "crowd kill: gateway pid {pid} killed with {gone} members; every watcher elsewhere heard them all leave {removed_ms:.0} ms after the kill; announced twice: {twice:?}; frames to the {surviving_members} members elsewhere until 2 s later: {frames} ({per_member:.1} each)"
+    );
+    println!(
+        "{}",
+        serde_json::json!({ "mode": "crowd-kill", "members_gone": gone, "removed_at_watchers_ms": removed_ms,
+            "announced_twice": twice, "frames_to_surviving_members": frames,
+            "frames_per_surviving_member": per_member })
+    );
+    Ok(())
+}
+
 /// Sum of the CPU time the processes have used so far.
 fn servers_cpu(pids: &[u32]) -> anyhow::Result<Duration> {
     pids.iter().map(|pid| process_cpu_time(*pid)).sum()
@@ -81,24 +174,35 @@ fn servers_cpu(pids: &[u32]) -> anyhow::Result<Duration> {
 pub async fn run(target: &Target, crowd: Crowd) -> anyhow::Result<()> {
     let channel = crowd.channel.as_str();
     // The watchers: each counts the members it knows of.
-    let mut counts = Vec::new();
+    let mut watchers: Vec<(usize, Arc<Heard>)> = Vec::new();
     for w in 0..crowd.watchers {
-        let user = format!("watcher-{}", crowd.first_member + w);
+        let n = crowd.first_member + w;
+        let user = format!("watcher-{n}");
         let info = serde_json::json!({ "name": user, "watcher": true });
-        let (mut ws, listed) = join(target, crowd.first_member + w, channel, &user, info).await?;
-        let count = Arc::new(AtomicI64::new(listed as i64));
-        counts.push(count.clone());
+        let (mut ws, listed) = join(target, n, channel, &user, info).await?;
+        let heard = Arc::new(Heard::default());
+        heard.count.store(listed as i64, Ordering::Relaxed);
+        watchers.push((n, heard.clone()));
         tokio::spawn(async move {
             while let Some(Ok(frame)) = ws.next().await {
                 let text = frame.to_text().unwrap_or_default();
                 if text.contains("pusher_internal:member_added") {
-                    count.fetch_add(1, Ordering::Relaxed);
+                    heard.count.fetch_add(1, Ordering::Relaxed);
                 } else if text.contains("pusher_internal:member_removed") {
-                    count.fetch_sub(1, Ordering::Relaxed);
+                    heard.count.fetch_sub(1, Ordering::Relaxed);
+                    heard.removed.fetch_add(1, Ordering::Relaxed);
+                    if let Some(user) = removed_user(text) {
+                        heard
+                            .removed_users
+                            .lock()
+                            .expect("not poisoned")
+                            .insert(user);
+                    }
                 }
             }
         });
     }
+    let counts: Vec<&AtomicI64> = watchers.iter().map(|(_, h)| &h.count).collect();
     let cpu_before = servers_cpu(&crowd.server_pids)?;
     let start = Instant::now();
     let slots = Arc::new(Semaphore::new(target.concurrency.max(1)));
@@ -116,15 +220,22 @@ pub async fn run(target: &Target, crowd: Crowd) -> anyhow::Result<()> {
     // Members read (and count) what they are sent, as browsers do: an
     // unread socket would end up closed as a slow consumer.
     let member_frames = Arc::new(AtomicI64::new(0));
+    // Frames of the members that are not on the gateway to be killed.
+    let survivor_frames = Arc::new(AtomicI64::new(0));
     let mut members = Vec::with_capacity(crowd.members);
     let mut largest_ack = 0;
-    for j in joins {
+    for (i, j) in joins.into_iter().enumerate() {
         let (mut ws, count) = j.await?.context("member join")?;
         largest_ack = largest_ack.max(count);
+        let n = crowd.first_member + crowd.watchers + i;
+        let survivor = (!n.is_multiple_of(target.ws.len())).then(|| survivor_frames.clone());
         let frames = member_frames.clone();
         members.push(tokio::spawn(async move {
             while let Some(Ok(_)) = ws.next().await {
                 frames.fetch_add(1, Ordering::Relaxed);
+                if let Some(survivor) = &survivor {
+                    survivor.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }));
     }
@@ -182,6 +293,9 @@ pub async fn run(target: &Target, crowd: Crowd) -> anyhow::Result<()> {
             "server_cpu_per_join_us": cpu_per_join_us, "largest_count_acknowledged": largest_ack,
             "frames_to_members": frames })
     );
+    if let Some(pid) = crowd.kill_pid {
+        kill_gateway(target, &crowd, pid, &watchers, &survivor_frames).await?;
+    }
     tokio::time::sleep(Duration::from_secs(crowd.hold)).await;
     for member in members {
         member.abort();
