@@ -9,6 +9,17 @@
 //! after the server has taken the commit. A batch whose commit does not
 //! come within [`HOLD`] is dropped: its request was answered 503.
 //!
+//! **Deadlines.** The NATS client buffers what it is given while it is
+//! (re)connecting and sends it after it reconnects, perhaps long after the
+//! publisher answered 503. So a request's events and commit carry a
+//! deadline: the publisher waits for the server until then, and answers a
+//! failure only once the deadline plus [`CLOCK_SKEW`] twice over has passed
+//! on its clock; a receiving node drops an event, or ignores a commit, that
+//! arrives more than [`CLOCK_SKEW`] after the deadline on its clock. With
+//! node clocks within [`CLOCK_SKEW`] of each other, an event answered 503 is
+//! delivered nowhere, and one answered 200 is never dropped for lateness
+//! by its deadline.
+//!
 //! Order per channel is kept: a message that arrives on a channel behind a
 //! held part waits behind it. Parts and commits come through different
 //! subscriptions (and tasks), so a commit may be seen before its parts; it
@@ -26,6 +37,14 @@ use tokio::time::Instant;
 /// publisher's own wait for the server (a request not committed by then
 /// was answered 503).
 pub(crate) const HOLD: Duration = Duration::from_secs(5);
+
+/// How far apart the nodes' clocks may be for the deadlines to hold.
+pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(1);
+
+/// Whether a message with this deadline arrives too late to act on.
+fn too_late(deadline_ms: Option<u64>) -> bool {
+    deadline_ms.is_some_and(|d| herald_protocol::unix_millis() > d + CLOCK_SKEW.as_millis() as u64)
+}
 
 /// A channel's messages waiting behind a held part, in arrival order.
 enum Waiting {
@@ -59,13 +78,21 @@ impl Holds {
     /// Delivers `message` to `sink` now, or holds it (see the module docs).
     pub(crate) fn deliver(&self, message: BusMessage, sink: &dyn Sink) {
         let BusMessage::Event(envelope) = &message else {
-            if let BusMessage::Commit { batch, .. } = message {
-                self.commit(batch, sink);
-            } else {
-                sink.deliver(&message);
+            match message {
+                // Its parts then wait out HOLD and are dropped.
+                BusMessage::Commit { deadline_ms, .. } if too_late(deadline_ms) => {
+                    tracing::warn!("ignoring a commit that came after its request was refused");
+                }
+                BusMessage::Commit { batch, .. } => self.commit(batch, sink),
+                other => sink.deliver(&other),
             }
             return;
         };
+        if too_late(envelope.deadline_ms) {
+            sink.uncommitted_dropped(1);
+            tracing::debug!(channel = %envelope.channel, "dropping an event that came after its request was refused");
+            return;
+        }
         // Messages of one channel come through one subscription, so only
         // this channel's own task adds to its queue: with nothing waiting
         // anywhere, a plain event cannot overtake a held one.
@@ -192,11 +219,41 @@ mod tests {
         BusMessage::Commit {
             app: "app".into(),
             batch,
+            deadline_ms: Some(herald_protocol::unix_millis() + 3000),
         }
     }
 
     fn seen(sink: &Recorder) -> Vec<String> {
         sink.0.lock().clone()
+    }
+
+    #[test]
+    fn what_arrives_after_its_deadline_and_the_skew_is_dropped() {
+        let (holds, sink) = (Holds::default(), Recorder::default());
+        let past = herald_protocol::unix_millis() - CLOCK_SKEW.as_millis() as u64 - 1;
+        let late = |data: &str, batch| {
+            let BusMessage::Event(mut envelope) = event("a", data, batch) else {
+                unreachable!()
+            };
+            envelope.deadline_ms = Some(past);
+            BusMessage::Event(envelope)
+        };
+        holds.deliver(late("1", None), &sink);
+        // A part in time, its commit too late: the part is never released.
+        holds.deliver(event("a", "2", Some(9)), &sink);
+        let late_commit = BusMessage::Commit {
+            app: "app".into(),
+            batch: 9,
+            deadline_ms: Some(past),
+        };
+        holds.deliver(late_commit, &sink);
+        // Within the skew after the deadline: still acted on.
+        let BusMessage::Event(mut recent) = event("b", "3", None) else {
+            unreachable!()
+        };
+        recent.deadline_ms = Some(herald_protocol::unix_millis() - 500);
+        holds.deliver(BusMessage::Event(recent), &sink);
+        assert_eq!(seen(&sink), ["b:3"]);
     }
 
     #[test]

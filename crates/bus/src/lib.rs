@@ -46,6 +46,12 @@ pub struct Envelope {
     /// [`BusMessage::Commit`] of the same batch (see `batch.rs`).
     #[serde(default)]
     pub batch: Option<u64>,
+    /// Unix ms after which the publisher gives up on the request and
+    /// answers 503: a node drops the event if it arrives later (a client
+    /// that re-sends its buffer after reconnecting must not deliver a
+    /// refused request; see `batch.rs`, "Deadlines").
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
 }
 
 impl Envelope {
@@ -61,6 +67,7 @@ impl Envelope {
             published_at_ms: unix_millis(),
             traceparent: None,
             batch: None,
+            deadline_ms: None,
         }
     }
 
@@ -89,6 +96,9 @@ pub enum BusMessage {
     Commit {
         app: String,
         batch: u64,
+        /// As [`Envelope::deadline_ms`]: a late commit commits nothing.
+        #[serde(default)]
+        deadline_ms: Option<u64>,
     },
 }
 

@@ -7,7 +7,7 @@
 //! delivers at most once: a gateway that is itself reconnecting misses what
 //! is published meanwhile (see docs/architecture.md).
 
-use crate::batch::{Holds, HOLD};
+use crate::batch::{Holds, CLOCK_SKEW, HOLD};
 use crate::subject::{control_subject, event_subject};
 use crate::{BusError, BusMessage, Envelope, Sink};
 use async_nats::connection::State;
@@ -24,6 +24,10 @@ use tokio::task::JoinHandle;
 
 /// How long a publish may wait for the server's acknowledgement.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request's events (HTTP API) wait for the server: their
+/// deadline. A failure is answered once it and [`CLOCK_SKEW`] twice over
+/// have passed, so within [`PUBLISH_TIMEOUT`] in all (see `batch.rs`).
+const REQUEST_DEADLINE: Duration = Duration::from_secs(3);
 /// How long a new subscriber waits for its channel's NATS subscription to be
 /// live before it is acknowledged anyway (NATS down: it will go live on reconnect).
 const INTEREST_TIMEOUT: Duration = Duration::from_millis(500);
@@ -299,39 +303,59 @@ impl NatsBus {
     /// Publishes on the message's subject and waits for the server to
     /// have processed it (a barrier round trip).
     pub(crate) async fn publish(&self, message: &BusMessage) -> Result<(), BusError> {
-        self.publish_then_pass(std::slice::from_ref(message)).await
+        self.publish_then_pass(std::slice::from_ref(message), PUBLISH_TIMEOUT)
+            .await
     }
 
     /// Publishes a request's events as one batch: each part on its
     /// channel's subject, then the commit, then one barrier. A part the
     /// server took without its commit is never delivered (see `batch.rs`).
+    /// Every event carries the request's deadline, so that what the client
+    /// sends after a failure was answered is dropped where it arrives.
     pub(crate) async fn publish_all(&self, mut events: Vec<Envelope>) -> Result<(), BusError> {
-        if events.len() == 1 {
-            let event = events.pop().expect("one event");
-            return self.publish(&BusMessage::Event(event)).await;
-        }
         let Some(app) = events.first().map(|e| e.app.clone()) else {
             return Ok(());
         };
-        let batch = rand::random::<u64>();
-        let mut messages: Vec<BusMessage> = events
-            .into_iter()
-            .map(|mut e| {
-                e.batch = Some(batch);
-                BusMessage::Event(e)
-            })
-            .collect();
-        messages.push(BusMessage::Commit { app, batch });
-        self.publish_then_pass(&messages).await
+        let started = tokio::time::Instant::now();
+        let deadline_ms = herald_protocol::unix_millis() + REQUEST_DEADLINE.as_millis() as u64;
+        let batch = (events.len() > 1).then(rand::random::<u64>);
+        for event in &mut events {
+            event.batch = batch;
+            event.deadline_ms = Some(deadline_ms);
+        }
+        let mut messages: Vec<BusMessage> = events.into_iter().map(BusMessage::Event).collect();
+        if let Some(batch) = batch {
+            messages.push(BusMessage::Commit {
+                app,
+                batch,
+                deadline_ms: Some(deadline_ms),
+            });
+        }
+        let outcome = self.publish_then_pass(&messages, REQUEST_DEADLINE).await;
+        if matches!(outcome, Err(BusError::NotConnected)) {
+            // Nothing was handed to the client.
+            return outcome;
+        }
+        if outcome.is_err() {
+            // The client may still send what it was given: answer only when
+            // no node would act on it any more.
+            tokio::time::sleep_until(started + REQUEST_DEADLINE + CLOCK_SKEW * 2).await;
+        }
+        outcome
     }
 
-    /// Publishes `messages` in order, each encoded once, and waits until
-    /// the server has processed the last (a barrier round trip).
-    async fn publish_then_pass(&self, messages: &[BusMessage]) -> Result<(), BusError> {
+    /// Publishes `messages` in order, each encoded once, and waits (at
+    /// most `wait`) until the server has processed the last (a barrier
+    /// round trip).
+    async fn publish_then_pass(
+        &self,
+        messages: &[BusMessage],
+        wait: Duration,
+    ) -> Result<(), BusError> {
         if self.client.connection_state() != State::Connected {
             return Err(BusError::NotConnected);
         }
-        let sent = tokio::time::timeout(PUBLISH_TIMEOUT, async {
+        let sent = tokio::time::timeout(wait, async {
             for message in messages {
                 let subject = match message {
                     BusMessage::Event(e) => event_subject(&self.prefix, &e.app, &e.channel),
@@ -344,7 +368,7 @@ impl NatsBus {
                     .await
                     .map_err(|e| BusError::Unavailable(e.to_string()))?;
             }
-            self.barrier.pass(&self.client, PUBLISH_TIMEOUT).await
+            self.barrier.pass(&self.client, wait).await
         })
         .await;
         sent.unwrap_or(Err(BusError::PublishTimeout))

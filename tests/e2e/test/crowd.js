@@ -51,6 +51,14 @@ async function shopper(node, id) {
   };
 }
 
+/**
+ * The member count a shopper knows: the last pusher:subscription_count it was told, else the count of its
+ * subscription_succeeded (a shopper that joined last may have nothing newer to hear).
+ */
+function knownCount(shopper) {
+  return shopper.counts.length ? shopper.counts.at(-1).data.subscription_count : shopper.channel.members.count;
+}
+
 /** fn(0..n-1), `size` at a time. */
 async function inBatches(n, size, fn) {
   const out = [];
@@ -58,4 +66,4 @@ async function inBatches(n, size, fn) {
   return out;
 }
 
-module.exports = { CHANNEL, watcher, shopper, inBatches };
+module.exports = { CHANNEL, watcher, shopper, inBatches, knownCount };
