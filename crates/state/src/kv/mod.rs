@@ -134,7 +134,7 @@ impl KvStore {
         let mut lasts = Vec::new();
         for store in [&state, &cache] {
             lasts.push(
-                store::bucket_info(&js, &store.name)
+                watch::bucket_info(&js, &store.name)
                     .await?
                     .state
                     .last_sequence,

@@ -4,11 +4,12 @@
 //! here changes the buckets; reading them back is the watch's job.
 
 use super::keys::{encode, heartbeat_key};
+use super::watch::bucket_info;
 use super::{Inner, Stale, APPLY_TIMEOUT, MARKER_TTL};
 use crate::local::Entry;
 use crate::{Change, StateError};
 use async_nats::jetstream::kv::{self, Store};
-use async_nats::jetstream::{stream, Context};
+use async_nats::jetstream::Context;
 use bytes::Bytes;
 use futures::StreamExt;
 use std::sync::atomic::Ordering;
@@ -40,19 +41,6 @@ pub(super) async fn open_bucket(
         bucket: name.to_owned(),
         source,
     })
-}
-
-/// The current (not cached) state of a bucket's stream.
-pub(super) async fn bucket_info(js: &Context, bucket: &str) -> Result<stream::Info, StateError> {
-    let unavailable = |source: async_nats::Error| StateError::BucketUnavailable {
-        bucket: bucket.to_owned(),
-        source,
-    };
-    let stream = js
-        .get_stream(format!("KV_{bucket}"))
-        .await
-        .map_err(|e| unavailable(e.into()))?;
-    stream.get_info().await.map_err(|e| unavailable(e.into()))
 }
 
 /// How a heartbeat went, for what the keep-alive does next.

@@ -5,7 +5,6 @@
 //! re-opened when it breaks, stalls, or its bucket is re-created.
 
 use super::keys::{decode, heartbeat_node};
-use super::store::bucket_info;
 use super::{Inner, APPLY_TIMEOUT};
 use crate::{Change, Origin, StateError};
 use async_nats::jetstream::kv::{self, Operation, Store};
@@ -21,6 +20,22 @@ use tokio::time::Instant;
 const MAX_API_WAIT: Duration = Duration::from_secs(5);
 /// The pause before a failed or broken watch is opened again.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// The current (not cached) state of a bucket's stream.
+pub(super) async fn bucket_info(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+) -> Result<stream::Info, StateError> {
+    let unavailable = |source: async_nats::Error| StateError::BucketUnavailable {
+        bucket: bucket.to_owned(),
+        source,
+    };
+    let stream = js
+        .get_stream(format!("KV_{bucket}"))
+        .await
+        .map_err(|e| unavailable(e.into()))?;
+    stream.get_info().await.map_err(|e| unavailable(e.into()))
+}
 
 /// Waits (bounded) until the watch has applied `revision`.
 pub(super) async fn wait_applied(applied: &watch::Receiver<u64>, revision: u64) {
