@@ -133,8 +133,8 @@ pub enum BusError {
 pub trait Sink: Send + Sync {
     fn deliver(&self, message: &BusMessage);
 
-    /// The bus dropped `events` parts of multi-channel requests whose
-    /// commit never came (their request was answered 503).
+    /// The bus dropped `events` events whose request was answered 503:
+    /// parts whose commit never came, or events past their deadline.
     fn uncommitted_dropped(&self, events: usize) {
         let _ = events;
     }

@@ -30,8 +30,9 @@
 //! view's read lock (so no transition slips in between the snapshot and the
 //! registration). A burst fills at most half the room left in a watcher's
 //! outbox, oldest change first, so it never makes the watcher a slow
-//! consumer; the rest waits for the next burst. Transitions arrive under the view's write lock and
-//! take this module's lock inside it; nothing here takes the view's lock.
+//! consumer; the rest waits for the next burst. Transitions arrive under
+//! the view's write lock and take this module's lock inside it; nothing
+//! here takes the view's lock.
 
 use crate::peer::Peer;
 use bytes::Bytes;
@@ -161,9 +162,10 @@ impl Watcher {
                 })
                 .clone();
             told += 1;
-            if self.peer.send(frame.clone()) {
+            let len = frame.len();
+            if self.peer.send(frame) {
                 out.frames += 1;
-                out.bytes += frame.len();
+                out.bytes += len;
             }
         }
     }
@@ -199,9 +201,9 @@ impl Crowds {
     }
 
     /// Tells every crowd's watchers their pending changes (as many as
-    /// their outboxes have room for), and returns the channels whose changed member
-    /// count is due (at most one per [`COUNT_EVERY`] each). Forgets crowds
-    /// with nothing left to do.
+    /// their outboxes have room for), and returns the channels whose
+    /// changed member count is due (at most one per [`COUNT_EVERY`] each).
+    /// Forgets crowds with nothing left to do.
     pub fn burst(&self, now: Instant) -> Burst {
         let mut out = Burst::default();
         let mut crowds = self.0.lock();
@@ -264,7 +266,8 @@ mod tests {
         crowds.member("presence-crowd", "u2", None); // in and out: not told
         crowds.member("presence-crowd", "u0", None);
         crowds.member("presence-crowd", "u0", Some("{}")); // out and back: not told
-                                                           // A second watcher, whose snapshot shows u1: it hears only what follows.
+
+        // A second watcher, whose snapshot shows u1: it hears only what follows.
         let (w2, w2_inbox) = peer("1.2");
         crowds.add_watcher("presence-crowd", &w2);
         crowds.member("presence-crowd", "u1", None);

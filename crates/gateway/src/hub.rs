@@ -272,16 +272,21 @@ impl Listener for Hub {
     /// Cluster-wide state transitions, told to this node's sockets only:
     /// every node gets the same transitions, so every socket hears each once.
     fn on_transition(&self, transition: &Transition, _origin: Option<&Origin>) {
-        if let Transition::MemberAdded { app, channel, .. }
-        | Transition::MemberRemoved { app, channel, .. } = transition
-        {
+        // A large presence channel's member changes go to its crowd, whose
+        // bursts tell the watchers.
+        let member = match transition {
+            Transition::MemberAdded {
+                app,
+                channel,
+                user,
+                info,
+            } => Some((app, channel, user, Some(info.as_str()))),
+            Transition::MemberRemoved { app, channel, user } => Some((app, channel, user, None)),
+            _ => None,
+        };
+        if let Some((app, channel, user, info)) = member {
             if let Some(hub) = self.apps.get(app) {
                 if hub.config.is_large_presence(channel) {
-                    let (user, info) = match transition {
-                        Transition::MemberAdded { user, info, .. } => (user, Some(info.as_str())),
-                        Transition::MemberRemoved { user, .. } => (user, None),
-                        _ => unreachable!("matched above"),
-                    };
                     hub.crowds.member(channel, user, info);
                     return;
                 }

@@ -27,7 +27,7 @@ pub struct GatewayMetrics {
     pub slow_consumer_disconnects: IntCounterVec,
     /// From the trigger's publish timestamp to the queueing of the frame for the sockets.
     pub delivery_latency: HistogramVec,
-    /// Events of multi-channel requests dropped because their commit never came.
+    /// Events dropped because their request had been answered 503.
     pub uncommitted_dropped: IntCounter,
     pub auth_failures: IntCounterVec,
     pub limit_rejections: IntCounterVec,
@@ -86,7 +86,7 @@ impl GatewayMetrics {
             ),
             uncommitted_dropped: m.counter(
                 "herald_bus_uncommitted_events_dropped_total",
-                "Events of multi-channel triggers and batches dropped because the request's commit never came (it was answered 503).",
+                "Events dropped because their request was answered 503: parts of multi-channel triggers and batches whose commit never came, and events that arrived after their request's deadline.",
             ),
             delivery_latency: m.histogram_vec(
                 "herald_delivery_latency_seconds",
@@ -101,8 +101,6 @@ impl GatewayMetrics {
         }
     }
 
-    /// Creates the series of a configured app at zero, so that a fresh pod
-    /// exports them and `increase()` sees the first event.
     /// Counts the member event frames a large presence channel's burst queued.
     pub fn count_burst(&self, app: &str, burst: &crate::crowd::Burst) {
         if burst.frames > 0 {
@@ -115,6 +113,8 @@ impl GatewayMetrics {
         }
     }
 
+    /// Creates the series of a configured app at zero, so that a fresh pod
+    /// exports them and `increase()` sees the first event.
     pub fn init_app(&self, app: &str) {
         for gauge in [&self.connections, &self.subscriptions] {
             gauge.with_label_values(&[app]);

@@ -28,10 +28,8 @@ pub async fn open(
     metrics: &Arc<Metrics>,
     kv_metrics: KvMetrics,
     node_id: &str,
+    member_caps: MemberCaps,
 ) -> anyhow::Result<Backbone> {
-    // Every node must admit the same members: the caps come from the shared config.
-    let apps: Vec<_> = config.apps.iter().cloned().map(Arc::new).collect();
-    let member_caps = MemberCaps::new(&apps);
     if role == Role::Standalone {
         metrics.set_bus_connected(true);
         // In-process state has no store to lose touch with.

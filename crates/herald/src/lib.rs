@@ -28,7 +28,7 @@ use herald_config::Config;
 use herald_gateway::{Gateway, Settings};
 use herald_ingest::Ingest;
 use herald_metrics::Metrics;
-use herald_state::{ChannelGauges, KvMetrics};
+use herald_state::{ChannelGauges, KvMetrics, MemberCaps};
 use herald_webhooks::WebhookMetrics;
 use routing::Routes;
 use std::future::Future;
@@ -109,6 +109,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let apps: Vec<_> = config.apps.iter().cloned().map(Arc::new).collect();
+    // Every node must admit the same members: the caps come from the shared config.
+    let member_caps = MemberCaps::new(&apps);
     let metrics_bind = listeners.admin.local_addr()?;
     // Every role has channel state, a bus and webhook reporting, so their
     // families are registered here; the gateway and the HTTP API register
@@ -130,7 +132,7 @@ pub async fn run(
     // The shutdown is honoured from here on, also while waiting for NATS.
     tokio::pin!(shutdown);
     let backbone = tokio::select! {
-        backbone = backbone::open(role, &config, &metrics, kv_metrics, node_id) => backbone?,
+        backbone = backbone::open(role, &config, &metrics, kv_metrics, node_id, member_caps) => backbone?,
         _ = &mut shutdown => {
             tracing::info!("stopped before startup completed");
             return Ok(());

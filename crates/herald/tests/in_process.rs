@@ -158,14 +158,7 @@ async fn an_own_key_the_gateway_does_not_hold_is_removed_within_two_node_ttls() 
         .get_key_value("herald-state")
         .await
         .unwrap();
-    let token = herald_protocol::token::encode_token;
-    let key = format!(
-        "m.{}.{}.{}.{}",
-        token(APP.0),
-        token("presence-ghost"),
-        token("ghost"),
-        token("gw-a")
-    );
+    let key = member_key("presence-ghost", "ghost", "gw-a");
     kv.put(&key, r#"{"name":"ghost"}"#.into()).await.unwrap();
     let seen = tokio::time::timeout(WAIT, async {
         while users(&ingest, "presence-ghost").await.is_empty() {
@@ -255,16 +248,13 @@ async fn a_restart_with_the_same_node_id_clears_100_000_keys_of_its_previous_lif
     .unwrap();
     let client = async_nats::connect(&nats.url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let token = herald_protocol::token::encode_token;
     // 100,000 members of gw-a (a crash with that many), written pipelined.
     let mut acks = Vec::with_capacity(1024);
     for i in 0..KEYS {
-        let key = format!(
-            "m.{}.{}.{}.{}",
-            token(APP.0),
-            token(&format!("presence-{}", i % 100)),
-            token(&format!("user-{i}")),
-            token("gw-a")
+        let key = member_key(
+            &format!("presence-{}", i % 100),
+            &format!("user-{i}"),
+            "gw-a",
         );
         acks.push(
             js.publish(format!("$KV.herald-state.{key}"), r#"{"n":1}"#.into())
@@ -283,16 +273,7 @@ async fn a_restart_with_the_same_node_id_clears_100_000_keys_of_its_previous_lif
     let gateway = Herald::start(Role::Gateway, config(Some(&nats)), "gw-a").await;
     let ready = started.elapsed();
     // A member of this life joins: it is the one key that must remain.
-    let (mut ws, socket_id) = connect(gateway.addr, APP.1, 0).await.unwrap();
-    let data = r#"{"user_id":"alive","user_info":{}}"#;
-    let auth = herald_protocol::auth::token(
-        APP.1,
-        APP.2,
-        &herald_protocol::auth::channel_string_to_sign(&socket_id, "presence-0", Some(data)),
-    );
-    subscribe(&mut ws, "presence-0", Some(auth), Some(data.into()))
-        .await
-        .unwrap();
+    let _alive = join(gateway.addr, "presence-0", "alive").await;
     // A listing shows the bucket as of its start, so that is when it counts.
     let cleared_at = tokio::time::timeout(WAIT, async {
         loop {

@@ -228,9 +228,9 @@ impl ChannelState {
     /// Adds one local connection of `user` to a presence channel. On the
     /// user's first connection here it waits, at most [`JOIN_WAIT`], until
     /// the member is in this node's view of the cluster: the others have
-    /// then been told `member_added`, and a cluster-wide `max_members` has
-    /// admitted or refused the user (members are admitted in the order the
-    /// store records them, the same on every node). When the store does not
+    /// then been told `member_added`, and the channel's cluster-wide cap
+    /// ([`MemberCaps`]) has admitted or refused the user (members are
+    /// admitted in the order the store records them, the same on every node). When the store does not
     /// answer in time (a NATS stall) the join is answered from this node's
     /// view and the member is replicated when NATS is back.
     pub async fn join(
@@ -239,7 +239,6 @@ impl ChannelState {
         channel: &str,
         user: &str,
         info: &str,
-        max_members: usize,
     ) -> Result<(), JoinError> {
         let entry = Entry::Member {
             app: app.into(),
@@ -250,10 +249,9 @@ impl ChannelState {
             let mut local = self.shared.local.lock();
             if !local.has_member(app, channel, user) {
                 let view = self.view();
-                if !view.has_member(app, channel, user)
-                    && view.member_count(app, channel) >= max_members
-                {
-                    return Err(JoinError::Full { max: max_members });
+                let max = view.member_cap(app, channel);
+                if !view.has_member(app, channel, user) && view.member_count(app, channel) >= max {
+                    return Err(JoinError::Full { max });
                 }
             }
             if !local.join(app, channel, user, info) {
@@ -281,22 +279,25 @@ impl ChannelState {
                 return Ok(());
             }
         }
-        self.admitted(&entry, max_members)
+        self.admitted(&entry)
     }
 
     /// After a first join was applied: whether the cluster-wide cap let the
     /// member in. A refused member is forgotten here and its entry removed.
-    fn admitted(&self, entry: &Entry, max_members: usize) -> Result<(), JoinError> {
+    fn admitted(&self, entry: &Entry) -> Result<(), JoinError> {
         let Entry::Member { app, channel, user } = entry else {
             return Ok(());
         };
-        if self.view().has_member(app, channel, user) {
+        let view = self.view();
+        if view.has_member(app, channel, user) {
             return Ok(());
         }
+        let max = view.member_cap(app, channel);
+        drop(view);
         let mut local = self.shared.local.lock();
         local.forget_member(app, channel, user);
         self.publish(&local, entry.clone(), true);
-        Err(JoinError::Full { max: max_members })
+        Err(JoinError::Full { max })
     }
 
     /// Removes one local connection of `user` from a presence channel.
@@ -431,8 +432,8 @@ mod tests {
         let state = ChannelState::in_memory(MemberCaps::default());
         let rec = Arc::new(Recorder::default());
         state.add_listener(rec.clone());
-        state.join("a", "presence-x", "u1", "{}", 10).await.unwrap();
-        state.join("a", "presence-x", "u1", "{}", 10).await.unwrap();
+        state.join("a", "presence-x", "u1", "{}").await.unwrap();
+        state.join("a", "presence-x", "u1", "{}").await.unwrap();
         state.leave("a", "presence-x", "u1");
         assert_eq!(state.users("a", "presence-x"), ["u1"]);
         state.leave("a", "presence-x", "u1");
@@ -448,11 +449,13 @@ mod tests {
 
     #[tokio::test]
     async fn member_cap_counts_distinct_users() {
-        let state = ChannelState::in_memory(MemberCaps::default());
-        state.join("a", "presence-x", "u1", "{}", 1).await.unwrap();
-        state.join("a", "presence-x", "u1", "{}", 1).await.unwrap();
+        let mut app = herald_config::AppConfig::new("a", "k", "s");
+        app.max_presence_members = 1;
+        let state = ChannelState::in_memory(MemberCaps::new([&Arc::new(app)]));
+        state.join("a", "presence-x", "u1", "{}").await.unwrap();
+        state.join("a", "presence-x", "u1", "{}").await.unwrap();
         assert_eq!(
-            state.join("a", "presence-x", "u2", "{}", 1).await,
+            state.join("a", "presence-x", "u2", "{}").await,
             Err(JoinError::Full { max: 1 })
         );
     }

@@ -423,6 +423,11 @@ impl View {
             .unwrap_or(0)
     }
 
+    /// How many members the presence `channel` admits (see [`MemberCaps`]).
+    pub fn member_cap(&self, app: &str, channel: &str) -> usize {
+        self.member_caps.cap(app, channel)
+    }
+
     pub fn member_count(&self, app: &str, channel: &str) -> usize {
         self.channel(app, channel).map_or(0, |c| c.members.len())
     }

@@ -59,13 +59,9 @@ pub(super) async fn join(
         );
         return Err(Refused::new("LimitReached", why, 403));
     }
-    let joined = cx.state.join(
-        &cx.app.id,
-        channel,
-        &member.user_id,
-        &member.info,
-        cx.app.member_cap(channel),
-    );
+    let joined = cx
+        .state
+        .join(&cx.app.id, channel, &member.user_id, &member.info);
     if let Err(JoinError::Full { max }) = joined.await {
         let why = format!("presence channel is full ({max} members)");
         return Err(Refused::new("LimitReached", why, 403));
