@@ -7,7 +7,7 @@
 //! them until the batch's commit arrives on the app's control subject; the
 //! publisher sends the commit only after every part, and answers 200 only
 //! after the server has taken the commit. A batch whose commit does not
-//! come within [`HOLD`] is dropped: its request was answered 503.
+//! come within [`HOLD`] is dropped: its request was answered 503 or 504.
 //!
 //! **Deadlines.** The NATS client buffers what it is given while it is
 //! (re)connecting and sends it after it reconnects, perhaps long after the
@@ -16,9 +16,9 @@
 //! failure only once the deadline plus [`CLOCK_SKEW`] twice over has passed
 //! on its clock; a receiving node drops an event, or ignores a commit, that
 //! arrives more than [`CLOCK_SKEW`] after the deadline on its clock. With
-//! node clocks within [`CLOCK_SKEW`] of each other, an event answered 503 is
-//! delivered nowhere, and one answered 200 is never dropped for lateness
-//! by its deadline.
+//! node clocks within [`CLOCK_SKEW`] of each other, what the client sends
+//! after a failure was answered is delivered nowhere, and an event answered
+//! 200 is never dropped for lateness by its deadline.
 //!
 //! Order per channel is kept: a message that arrives on a channel behind a
 //! held part waits behind it. Parts and commits come through different

@@ -122,6 +122,13 @@ pub enum BusError {
     NotConnected,
     #[error("bus unavailable: NATS did not acknowledge the publish in time")]
     PublishTimeout,
+    /// The messages were handed to NATS, which then failed before
+    /// confirming them: the server may have delivered them before it did.
+    /// A request's events went to all of their channels or to none.
+    #[error(
+        "outcome unknown: NATS failed before confirming the events ({0}); they were delivered to all of their channels or to none, and a retry may deliver them twice"
+    )]
+    Unconfirmed(String),
     /// Standalone, before the gateway attached.
     #[error("bus unavailable: no gateway attached")]
     NotAttached,

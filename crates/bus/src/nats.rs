@@ -336,12 +336,15 @@ impl NatsBus {
             // Nothing was handed to the client.
             return outcome;
         }
-        if outcome.is_err() {
+        if let Err(e) = outcome {
             // The client may still send what it was given: answer only when
-            // no node would act on it any more.
+            // no node would act on it any more. The server may also have
+            // delivered the commit (or the lone event) and died before
+            // echoing the barrier, so the outcome is unknown.
             tokio::time::sleep_until(started + REQUEST_DEADLINE + CLOCK_SKEW * 2).await;
+            return Err(BusError::Unconfirmed(e.to_string()));
         }
-        outcome
+        Ok(())
     }
 
     /// Publishes `messages` in order, each encoded once, and waits (at

@@ -177,7 +177,9 @@ impl Ingest {
         self.unless_refused(app, published)
     }
 
-    /// A bus failure is a 503, counted.
+    /// A bus failure is counted: a 503 when nothing was sent, a 504 when
+    /// NATS failed before confirming what it was given (delivered to all
+    /// of the request's channels or to none).
     fn unless_refused(
         &self,
         app: &AppConfig,
@@ -188,7 +190,11 @@ impl Ingest {
                 .bus_publish_failures
                 .with_label_values(&[&app.id])
                 .inc();
-            HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            let status = match e {
+                BusError::Unconfirmed(_) => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            HttpError::new(status, e.to_string())
         })
     }
 }

@@ -2,7 +2,11 @@
 // A request that publishes to several channels is all or nothing (docs/architecture.md §2, step 2 "Encoded once"):
 // multi-channel triggers (20 channels) and batches (10 events) go to the ingest back to back while nats-server is
 // killed (SIGKILL) under them. Once NATS is back and the parts held for a commit have expired, every request answered
-// 200 was delivered on every one of its channels, and every request answered 503 on none, on both gateways.
+// 200 was delivered on every one of its channels, and every request answered 503 on none, on both gateways. A request
+// NATS failed under after taking it is answered 504 (outcome unknown: the server may have delivered it before dying
+// without confirming it): it went to all of its channels or to none on each gateway. Core NATS is at most once: a
+// request in flight at the kill can also be confirmed to the ingest (200) while the server dies before flushing it to
+// a gateway, so for those the test asserts all or none per gateway only (issue 20 makes delivery lossless).
 const h = require('./harness');
 const ch = require('./cluster-harness');
 const { assert } = h;
@@ -14,7 +18,7 @@ const IN_FLIGHT = 8;
 // How long a gateway holds parts of a request whose commit never came (HOLD in crates/bus/src/batch.rs), plus margin.
 const HOLD_MS = 5000 + 1000;
 
-test('multi-channel triggers and batches with NATS killed under them: each delivers to all its channels (200) or none (503)', { timeout: 90000 }, async () => {
+test('multi-channel triggers and batches with NATS killed under them: each delivers to all its channels (200) or none (503), never part (504)', { timeout: 90000 }, async () => {
   const cluster = await ch.startCluster({ gateways: 2 });
   const [gwA, gwB] = cluster.gateways;
   // longer than Herald's own publish timeout (5 s), so every request ends with Herald's answer
@@ -49,6 +53,7 @@ test('multi-channel triggers and batches with NATS killed under them: each deliv
   await h.waitFor(() => requests.filter((r) => r.status === 200).length >= 40, 15000, '40 accepted requests before the kill');
   const killedAt = Date.now();
   await cluster.nats.kill9();
+  const killDone = Date.now();
   await h.waitFor(() => requests.some((r) => r.start > killedAt && r.end), 15000, 'a request refused after the kill');
   stop = true;
   await Promise.all(workers);
@@ -69,19 +74,20 @@ test('multi-channel triggers and batches with NATS killed under them: each deliv
   }
   const bad = [];
   for (const r of requests) {
-    if (r.status !== 200 && r.status !== 503) bad.push(`${r.id} (${r.kind}) answered ${r.status}`);
+    if (![200, 503, 504].includes(r.status)) bad.push(`${r.id} (${r.kind}) answered ${r.status}`);
     for (const g of ['A', 'B']) {
-      const got = delivered[g].get(r.id) || new Set();
-      const want = r.status === 200 ? r.channels.length : 0;
-      if (got.size !== want) bad.push(`${r.id} (${r.kind}, ${r.status}) on gateway ${g}: ${got.size} of ${r.channels.length} channels`);
+      const got = (delivered[g].get(r.id) || new Set()).size;
+      const inFlightAtKill = r.start <= killDone && r.end >= killedAt;
+      const allowed = inFlightAtKill && r.status === 200 ? [0, r.channels.length] : { 200: [r.channels.length], 503: [0], 504: [0, r.channels.length] }[r.status] || [];
+      if (!allowed.includes(got)) bad.push(`${r.id} (${r.kind}, ${r.status}) on gateway ${g}: ${got} of ${r.channels.length} channels`);
     }
   }
   const count = (status) => requests.filter((r) => r.status === status).length;
   console.log(
-    `[atomic] ${requests.length} requests: ${count(200)} answered 200, ${count(503)} answered 503; ` +
+    `[atomic] ${requests.length} requests: ${count(200)} answered 200, ${count(503)} answered 503, ${count(504)} answered 504; ` +
       `${inFlight.length} in flight at the kill (${inFlight.filter((r) => r.status === 200).length} of them 200)`,
   );
-  assert.deepEqual(bad, [], 'every request delivered to all its channels (200) or none (503), on both gateways');
+  assert.deepEqual(bad, [], 'every request delivered to all its channels (200), none (503) or one of the two (504), on both gateways');
   assert.ok(inFlight.length > 0, 'some requests were in flight when NATS was killed');
   for (const c of Object.values(clients)) assert.ok(c.isOpen, 'clients stay connected through the NATS restart');
 });

@@ -636,7 +636,8 @@ async function startCluster(o = {}) {
 // test helpers
 
 /**
- * Trigger through the SDK, retrying (bounded) while the ingest answers 503; returns {res, refusals}.
+ * Trigger through the SDK, retrying (bounded) while the ingest answers 503 (refused) or 504 (NATS failed under the
+ * request, outcome unknown); returns {res, refusals}.
  * Anything else (another status, a request error or the SDK's 5 s timeout) fails at once.
  */
 async function triggerWhenAccepted(sdk, channel, event, data, params, timeoutMs = 15000) {
@@ -648,7 +649,7 @@ async function triggerWhenAccepted(sdk, channel, event, data, params, timeoutMs 
       const res = await sdk.trigger(channel, event, data, params);
       return { res, refusals };
     } catch (e) {
-      if (!e || e.status !== 503) {
+      if (!e || (e.status !== 503 && e.status !== 504)) {
         const cause = e && e.error ? ` (${e.error.name || ''} ${e.error.message || e.error})` : '';
         throw new Error(
           `trigger ${event} on ${channel} failed after ${Date.now() - started} ms: ${e && e.status ? `${e.status} ${e.body}` : e && e.message}${cause}; ` +
