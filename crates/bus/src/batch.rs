@@ -41,9 +41,12 @@ pub(crate) const HOLD: Duration = Duration::from_secs(5);
 /// How far apart the nodes' clocks may be for the deadlines to hold.
 pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(1);
 
-/// Whether a message with this deadline arrives too late to act on.
-fn too_late(deadline_ms: Option<u64>) -> bool {
-    deadline_ms.is_some_and(|d| herald_protocol::unix_millis() > d + CLOCK_SKEW.as_millis() as u64)
+/// Whether a message with this deadline came too late to act on: stored
+/// (cluster: the event stream's time, the same on every node) or, without
+/// a storage time, received more than [`CLOCK_SKEW`] after it.
+fn too_late(deadline_ms: Option<u64>, stored_ms: Option<u64>) -> bool {
+    let at = stored_ms.unwrap_or_else(herald_protocol::unix_millis);
+    deadline_ms.is_some_and(|d| at > d + CLOCK_SKEW.as_millis() as u64)
 }
 
 /// A channel's messages waiting behind a held part, in arrival order.
@@ -75,12 +78,13 @@ fn channel_of(envelope: &Envelope) -> (String, String) {
 }
 
 impl Holds {
-    /// Delivers `message` to `sink` now, or holds it (see the module docs).
-    pub(crate) fn deliver(&self, message: BusMessage, sink: &dyn Sink) {
+    /// Delivers `message` (stored at `stored_ms`, if known) to `sink` now,
+    /// or holds it (see the module docs).
+    pub(crate) fn deliver(&self, message: BusMessage, stored_ms: Option<u64>, sink: &dyn Sink) {
         let BusMessage::Event(envelope) = &message else {
             match message {
                 // Its parts then wait out HOLD and are dropped.
-                BusMessage::Commit { deadline_ms, .. } if too_late(deadline_ms) => {
+                BusMessage::Commit { deadline_ms, .. } if too_late(deadline_ms, stored_ms) => {
                     tracing::warn!("ignoring a commit that came after its request was refused");
                 }
                 BusMessage::Commit { batch, .. } => self.commit(batch, sink),
@@ -88,7 +92,7 @@ impl Holds {
             }
             return;
         };
-        if too_late(envelope.deadline_ms) {
+        if too_late(envelope.deadline_ms, stored_ms) {
             sink.uncommitted_dropped(1);
             tracing::debug!(channel = %envelope.channel, "dropping an event that came after its request was refused");
             return;
@@ -130,6 +134,17 @@ impl Holds {
         state.held.remove(&batch);
         state.committed.insert(batch, Instant::now() + HOLD);
         self.release(&mut state, sink);
+    }
+
+    /// Gives every held part, and every remembered commit, `by` longer.
+    pub(crate) fn postpone(&self, by: Duration) {
+        let mut state = self.state.lock();
+        let State {
+            held, committed, ..
+        } = &mut *state;
+        for until in held.values_mut().chain(committed.values_mut()) {
+            *until += by;
+        }
     }
 
     /// Drops what waited too long: parts of batches never committed (their
@@ -238,34 +253,34 @@ mod tests {
             envelope.deadline_ms = Some(past);
             BusMessage::Event(envelope)
         };
-        holds.deliver(late("1", None), &sink);
+        holds.deliver(late("1", None), None, &sink);
         // A part in time, its commit too late: the part is never released.
-        holds.deliver(event("a", "2", Some(9)), &sink);
+        holds.deliver(event("a", "2", Some(9)), None, &sink);
         let late_commit = BusMessage::Commit {
             app: "app".into(),
             batch: 9,
             deadline_ms: Some(past),
         };
-        holds.deliver(late_commit, &sink);
+        holds.deliver(late_commit, None, &sink);
         // Within the skew after the deadline: still acted on.
         let BusMessage::Event(mut recent) = event("b", "3", None) else {
             unreachable!()
         };
         recent.deadline_ms = Some(herald_protocol::unix_millis() - 500);
-        holds.deliver(BusMessage::Event(recent), &sink);
+        holds.deliver(BusMessage::Event(recent), None, &sink);
         assert_eq!(seen(&sink), ["b:3"]);
     }
 
     #[test]
     fn parts_wait_for_their_commit_and_later_events_wait_behind_them() {
         let (holds, sink) = (Holds::default(), Recorder::default());
-        holds.deliver(event("a", "1", None), &sink);
-        holds.deliver(event("a", "2", Some(7)), &sink);
-        holds.deliver(event("b", "2", Some(7)), &sink);
-        holds.deliver(event("a", "3", None), &sink);
-        holds.deliver(event("c", "x", None), &sink);
+        holds.deliver(event("a", "1", None), None, &sink);
+        holds.deliver(event("a", "2", Some(7)), None, &sink);
+        holds.deliver(event("b", "2", Some(7)), None, &sink);
+        holds.deliver(event("a", "3", None), None, &sink);
+        holds.deliver(event("c", "x", None), None, &sink);
         assert_eq!(seen(&sink), ["a:1", "c:x"]);
-        holds.deliver(commit(7), &sink);
+        holds.deliver(commit(7), None, &sink);
         // Order holds per channel; channels are released in no set order.
         let of = |channel: &str| -> Vec<String> {
             let prefix = format!("{channel}:");
@@ -278,30 +293,30 @@ mod tests {
         assert_eq!(of("b"), ["b:2"]);
         assert_eq!(seen(&sink).len(), 5);
         assert_eq!(holds.waiting.load(Ordering::Acquire), 0);
-        holds.deliver(event("a", "4", None), &sink);
+        holds.deliver(event("a", "4", None), None, &sink);
         assert_eq!(seen(&sink).last().unwrap(), "a:4");
     }
 
     #[test]
     fn a_commit_seen_before_its_parts_lets_them_through() {
         let (holds, sink) = (Holds::default(), Recorder::default());
-        holds.deliver(commit(9), &sink);
-        holds.deliver(event("a", "1", Some(9)), &sink);
+        holds.deliver(commit(9), None, &sink);
+        holds.deliver(event("a", "1", Some(9)), None, &sink);
         assert_eq!(seen(&sink), ["a:1"]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_uncommitted_batch_is_dropped_and_what_waited_behind_it_goes_out() {
         let (holds, sink) = (Holds::default(), Recorder::default());
-        holds.deliver(event("a", "1", Some(3)), &sink);
-        holds.deliver(event("a", "2", None), &sink);
+        holds.deliver(event("a", "1", Some(3)), None, &sink);
+        holds.deliver(event("a", "2", None), None, &sink);
         holds.expire(&sink);
         assert!(seen(&sink).is_empty(), "held within the hold time");
         tokio::time::advance(HOLD + Duration::from_millis(1)).await;
         holds.expire(&sink);
         assert_eq!(seen(&sink), ["a:2"]);
         // A commit arriving after that delivers nothing.
-        holds.deliver(commit(3), &sink);
+        holds.deliver(commit(3), None, &sink);
         assert_eq!(seen(&sink), ["a:2"]);
         assert_eq!(holds.waiting.load(Ordering::Acquire), 0);
     }

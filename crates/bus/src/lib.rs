@@ -11,8 +11,10 @@
 //! or cluster" in docs/architecture.md).
 
 mod batch;
+mod follow;
 mod local;
 pub mod nats;
+pub mod stream;
 pub mod subject;
 
 use futures::future::BoxFuture;
@@ -145,6 +147,18 @@ pub trait Sink: Send + Sync {
     fn uncommitted_dropped(&self, events: usize) {
         let _ = events;
     }
+
+    /// A gap was found in a subscribed subject's messages (cluster).
+    fn gap_detected(&self) {}
+
+    /// `events` missed messages were read back from the event stream and
+    /// delivered.
+    fn recovered(&self, events: usize) {
+        let _ = events;
+    }
+
+    /// Missed messages could not be read back: sockets may have missed them.
+    fn recovery_failed(&self) {}
 }
 
 /// The bus of this process: in-process (standalone) or NATS (cluster).
@@ -163,9 +177,21 @@ impl Bus {
         Self(Backend::Memory(LocalBus::default()))
     }
 
-    /// The cluster bus over NATS; `prefix` starts every subject.
-    pub fn nats(client: async_nats::Client, prefix: &str) -> Self {
-        Self(Backend::Nats(Box::new(NatsBus::new(client, prefix))))
+    /// The cluster bus over NATS; `prefix` starts every subject, `stream`
+    /// is the event stream ([`stream::ensure`] creates it) and
+    /// `connections` counts the client's (re)connects.
+    pub fn nats(
+        client: async_nats::Client,
+        prefix: &str,
+        stream: &stream::StreamSettings,
+        connections: tokio::sync::watch::Receiver<u64>,
+    ) -> Self {
+        Self(Backend::Nats(Box::new(NatsBus::new(
+            client,
+            prefix,
+            stream,
+            connections,
+        ))))
     }
 
     /// Connects the receiving side (the gateway's fan-out); called once at startup.

@@ -1,16 +1,20 @@
 //! The NATS bus of cluster mode.
 //!
 //! Each message is encoded once (MessagePack) and published on the subject
-//! of its (app, channel); a publish resolves only after a round trip through
-//! the server on the same connection (a barrier message to ourselves), so
-//! the HTTP API never answers 200 for an event NATS did not take. Core NATS
-//! delivers at most once: a gateway that is itself reconnecting misses what
-//! is published meanwhile (see docs/architecture.md).
+//! of its (app, channel). The HTTP API's events are stored in the event
+//! stream and answered 200 only with its acknowledgement; other messages
+//! (client events, control) resolve after a round trip through the server
+//! on the same connection (a barrier message to ourselves). Gateways listen
+//! to the stream's republished copies and fill any gap from the stream, so
+//! a socket that stays connected misses nothing (`stream.rs`).
 
 use crate::batch::{Holds, CLOCK_SKEW, HOLD};
+use crate::follow::Follower;
+use crate::stream::{republished, Replay, Stored, StreamSettings};
 use crate::subject::{control_subject, event_subject};
 use crate::{BusError, BusMessage, Envelope, Sink};
 use async_nats::connection::State;
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use async_nats::{Client, ConnectOptions};
 use futures::future::BoxFuture;
 use futures::StreamExt;
@@ -31,6 +35,9 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(3);
 /// How long a new subscriber waits for its channel's NATS subscription to be
 /// live before it is acknowledged anyway (NATS down: it will go live on reconnect).
 const INTEREST_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long held parts wait, after a reconnect, for their commit to be read
+/// back from the event stream before the hold time runs on.
+const CATCH_UP_GRACE: Duration = Duration::from_secs(2);
 /// How often the client pings the server; a stall is noticed within about
 /// two intervals (async-nats allows two unanswered pings).
 const PING_INTERVAL: Duration = Duration::from_secs(1);
@@ -138,6 +145,11 @@ impl Drop for Subscription {
 
 pub(crate) struct NatsBus {
     client: Client,
+    js: jetstream::Context,
+    /// Reads missed messages back from the event stream.
+    replay: Replay,
+    /// Bumped on every (re)connect: subscriptions then catch up.
+    connections: watch::Receiver<u64>,
     prefix: String,
     sink: Arc<OnceLock<Arc<dyn Sink>>>,
     /// Parts of multi-channel requests waiting for their commit.
@@ -220,25 +232,47 @@ impl Drop for Forget<'_> {
 }
 
 impl NatsBus {
-    pub(crate) fn new(client: Client, prefix: &str) -> Self {
+    pub(crate) fn new(
+        client: Client,
+        prefix: &str,
+        stream: &StreamSettings,
+        connections: watch::Receiver<u64>,
+    ) -> Self {
         let inbox = client.new_inbox();
         let unique = inbox.rsplit('.').next().unwrap_or("barrier");
         let sink: Arc<OnceLock<Arc<dyn Sink>>> = Arc::default();
         let holds = Arc::new(Holds::default());
         let expiry = tokio::spawn({
-            let (sink, holds) = (sink.clone(), holds.clone());
+            let (sink, holds, client) = (sink.clone(), holds.clone(), client.clone());
             async move {
                 let mut tick = tokio::time::interval(HOLD / 10);
+                let mut was_down = false;
                 loop {
                     tick.tick().await;
+                    // A held part's commit may be stored and reach this node
+                    // only once NATS is back (read back from the stream):
+                    // time without NATS does not count, and the control
+                    // subject gets time to catch up after a reconnect.
+                    if client.connection_state() != State::Connected {
+                        holds.postpone(HOLD / 10);
+                        was_down = true;
+                        continue;
+                    }
+                    if std::mem::take(&mut was_down) {
+                        holds.postpone(CATCH_UP_GRACE);
+                    }
                     if let Some(sink) = sink.get() {
                         holds.expire(sink.as_ref());
                     }
                 }
             }
         });
+        let js = jetstream::new(client.clone());
         Self {
             barrier: Barrier::start(&client, format!("{prefix}.barrier.{unique}")),
+            replay: Replay::new(js.clone(), stream.name.clone()),
+            js,
+            connections,
             client,
             prefix: prefix.to_owned(),
             sink,
@@ -263,17 +297,25 @@ impl NatsBus {
         }
     }
 
+    /// Listens to `subject`'s stored copies, in order and without gaps
+    /// (`follow.rs`).
     fn subscribe(&self, subject: String) -> Subscription {
         let (live_tx, live) = watch::channel(false);
         let client = self.client.clone();
-        let sink = self.sink.clone();
-        let holds = self.holds.clone();
         let barrier = self.barrier.clone();
+        let mut connections = self.connections.clone();
+        let listen = republished(&self.prefix, &subject);
+        let mut follower = Follower::new(
+            subject,
+            self.replay.clone(),
+            self.holds.clone(),
+            self.sink.clone(),
+        );
         let task = tokio::spawn(async move {
-            let mut messages = match client.subscribe(subject.clone()).await {
+            let mut messages = match client.subscribe(listen.clone()).await {
                 Ok(messages) => messages,
                 Err(e) => {
-                    tracing::error!(%subject, error = %e, "NATS subscribe failed");
+                    tracing::error!(subject = %listen, error = %e, "NATS subscribe failed");
                     return;
                 }
             };
@@ -284,16 +326,15 @@ impl NatsBus {
             if barrier.pass(&client, INTEREST_TIMEOUT).await.is_ok() {
                 let _ = live_tx.send(true);
             }
-            while let Some(message) = messages.next().await {
-                match BusMessage::decode(&message.payload) {
-                    Ok(decoded) => {
-                        if let Some(sink) = sink.get() {
-                            holds.deliver(decoded, sink.as_ref());
-                        }
+            connections.mark_unchanged();
+            loop {
+                tokio::select! {
+                    message = messages.next() => {
+                        let Some(message) = message else { break };
+                        let stored = Stored::of(message.headers.as_ref());
+                        follower.on_live(stored, &message.payload).await;
                     }
-                    Err(e) => {
-                        tracing::warn!(%subject, error = %e, "dropping undecodable bus message")
-                    }
+                    Ok(()) = connections.changed() => follower.catch_up().await,
                 }
             }
         });
@@ -331,20 +372,83 @@ impl NatsBus {
                 deadline_ms: Some(deadline_ms),
             });
         }
-        let outcome = self.publish_then_pass(&messages, REQUEST_DEADLINE).await;
-        if matches!(outcome, Err(BusError::NotConnected)) {
+        if self.client.connection_state() != State::Connected {
             // Nothing was handed to the client.
-            return outcome;
+            return Err(BusError::NotConnected);
         }
+        let commit = match batch {
+            Some(_) => messages.pop(),
+            None => None,
+        };
+        let outcome = tokio::time::timeout(REQUEST_DEADLINE, async {
+            self.store(&messages).await?;
+            // Only once every part is stored: a stored commit releases them.
+            match &commit {
+                Some(commit) => self.store(std::slice::from_ref(commit)).await,
+                None => Ok(()),
+            }
+        })
+        .await
+        .unwrap_or(Err(BusError::PublishTimeout));
         if let Err(e) = outcome {
             // The client may still send what it was given: answer only when
-            // no node would act on it any more. The server may also have
-            // delivered the commit (or the lone event) and died before
-            // echoing the barrier, so the outcome is unknown.
+            // no node would act on it any more (a message stored after the
+            // deadline is dropped everywhere). What was stored in time is
+            // delivered, so the outcome is unknown.
             tokio::time::sleep_until(started + REQUEST_DEADLINE + CLOCK_SKEW * 2).await;
             return Err(BusError::Unconfirmed(e.to_string()));
         }
         Ok(())
+    }
+
+    /// Stores `messages` in the event stream, each encoded once under an id
+    /// of its own, and retries what is not acknowledged until all are (the
+    /// stream stores a retried message once and acknowledges it again).
+    /// The caller bounds the wait.
+    async fn store(&self, messages: &[BusMessage]) -> Result<(), BusError> {
+        let encoded: Vec<(String, bytes::Bytes, String)> = messages
+            .iter()
+            .map(|m| {
+                let id = format!("{:016x}", rand::random::<u64>());
+                (self.subject_of(m), bytes::Bytes::from(m.encode()), id)
+            })
+            .collect();
+        let mut pending: Vec<usize> = (0..encoded.len()).collect();
+        loop {
+            let mut acks: Vec<(usize, PublishAckFuture)> = Vec::with_capacity(pending.len());
+            let mut failed = Vec::new();
+            for &i in &pending {
+                let (subject, payload, id) = &encoded[i];
+                let publish = PublishMessage::build()
+                    .payload(payload.clone())
+                    .message_id(id);
+                match self.js.send_publish(subject.clone(), publish).await {
+                    Ok(ack) => acks.push((i, ack)),
+                    Err(e) => failed.push((i, e.to_string())),
+                }
+            }
+            for (i, ack) in acks {
+                if let Err(e) = ack.await {
+                    failed.push((i, e.to_string()));
+                }
+            }
+            let Some((_, why)) = failed.first() else {
+                return Ok(());
+            };
+            tracing::debug!(error = %why, unacknowledged = failed.len(), "event stream publish not acknowledged; retrying");
+            pending = failed.into_iter().map(|(i, _)| i).collect();
+            pending.sort_unstable();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn subject_of(&self, message: &BusMessage) -> String {
+        match message {
+            BusMessage::Event(e) => event_subject(&self.prefix, &e.app, &e.channel),
+            BusMessage::TerminateUser { app, .. } | BusMessage::Commit { app, .. } => {
+                control_subject(&self.prefix, app)
+            }
+        }
     }
 
     /// Publishes `messages` in order, each encoded once, and waits (at
@@ -360,12 +464,7 @@ impl NatsBus {
         }
         let sent = tokio::time::timeout(wait, async {
             for message in messages {
-                let subject = match message {
-                    BusMessage::Event(e) => event_subject(&self.prefix, &e.app, &e.channel),
-                    BusMessage::TerminateUser { app, .. } | BusMessage::Commit { app, .. } => {
-                        control_subject(&self.prefix, app)
-                    }
-                };
+                let subject = self.subject_of(message);
                 self.client
                     .publish(subject, bytes::Bytes::from(message.encode()))
                     .await

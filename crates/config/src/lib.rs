@@ -146,6 +146,12 @@ pub struct NatsConfig {
     pub webhook_dead_letter_stream: String,
     /// Seconds before webhooks held by a sender that died go to another.
     pub webhook_ack_wait_secs: u64,
+    /// JetStream stream that keeps every event for a while, so that a
+    /// gateway that missed some (a NATS reconnect) reads them back.
+    pub event_stream: String,
+    /// Seconds the event stream keeps events: the longest NATS outage a
+    /// gateway recovers every missed event from.
+    pub event_retention_secs: u64,
 }
 
 impl Default for NatsConfig {
@@ -169,6 +175,8 @@ impl Default for NatsConfig {
             webhook_stream: "herald-webhooks".into(),
             webhook_dead_letter_stream: "herald-webhooks-dead".into(),
             webhook_ack_wait_secs: 30,
+            event_stream: "herald-events".into(),
+            event_retention_secs: 120,
         }
     }
 }
@@ -606,6 +614,10 @@ impl Config {
             (
                 "nats.webhook_ack_wait_secs",
                 self.nats.webhook_ack_wait_secs as usize,
+            ),
+            (
+                "nats.event_retention_secs",
+                self.nats.event_retention_secs as usize,
             ),
         ] {
             if value == 0 {

@@ -385,6 +385,18 @@ impl Sink for Hub {
     fn uncommitted_dropped(&self, events: usize) {
         self.metrics.uncommitted_dropped.inc_by(events as u64);
     }
+
+    fn gap_detected(&self) {
+        self.metrics.bus_gaps.inc();
+    }
+
+    fn recovered(&self, events: usize) {
+        self.metrics.bus_recovered.inc_by(events as u64);
+    }
+
+    fn recovery_failed(&self) {
+        self.metrics.bus_recovery_failures.inc();
+    }
 }
 
 #[cfg(test)]

@@ -27,8 +27,14 @@ pub struct GatewayMetrics {
     pub slow_consumer_disconnects: IntCounterVec,
     /// From the trigger's publish timestamp to the queueing of the frame for the sockets.
     pub delivery_latency: HistogramVec,
-    /// Events dropped because their request had been answered 503.
+    /// Events dropped because their request had been answered 503 or 504.
     pub uncommitted_dropped: IntCounter,
+    /// Gaps found in a subscribed subject's messages (cluster).
+    pub bus_gaps: IntCounter,
+    /// Missed messages read back from the event stream and delivered.
+    pub bus_recovered: IntCounter,
+    /// Gaps that could not be filled: sockets may have missed events.
+    pub bus_recovery_failures: IntCounter,
     pub auth_failures: IntCounterVec,
     pub limit_rejections: IntCounterVec,
     pub bus_publishes: IntCounterVec,
@@ -86,7 +92,19 @@ impl GatewayMetrics {
             ),
             uncommitted_dropped: m.counter(
                 "herald_bus_uncommitted_events_dropped_total",
-                "Events dropped because their request was answered 503: parts of multi-channel triggers and batches whose commit never came, and events that arrived after their request's deadline.",
+                "Events dropped because their request was answered 503 or 504: parts of multi-channel triggers and batches whose commit never came, and events that arrived after their request's deadline.",
+            ),
+            bus_gaps: m.counter(
+                "herald_bus_gaps_total",
+                "Gaps found in a channel's messages on this gateway (NATS reconnects, client-side slow consumers); each is filled from the event stream.",
+            ),
+            bus_recovered: m.counter(
+                "herald_bus_recovered_events_total",
+                "Missed messages read back from the event stream and delivered.",
+            ),
+            bus_recovery_failures: m.counter(
+                "herald_bus_recovery_failures_total",
+                "Gaps that could not be filled (the event stream unreadable for 30 s, or the messages past nats.event_retention_secs): connected sockets may have missed events.",
             ),
             delivery_latency: m.histogram_vec(
                 "herald_delivery_latency_seconds",

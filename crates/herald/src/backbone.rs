@@ -4,6 +4,7 @@
 
 use crate::Role;
 use herald_bus::nats::NatsEvent;
+use herald_bus::stream::StreamSettings;
 use herald_bus::Bus;
 use herald_config::Config;
 use herald_metrics::Metrics;
@@ -43,12 +44,23 @@ pub async fn open(
     let n = &config.nats;
     let name = format!("herald-{}-{node_id}", role.name());
     let watcher = metrics.clone();
+    // Each (re)connect makes the bus's subscriptions catch up on what they
+    // may have missed.
+    let (connected, connections) = tokio::sync::watch::channel(0u64);
     let client = herald_bus::nats::connect(n, &name, move |event| match event {
-        NatsEvent::Up => watcher.set_bus_connected(true),
+        NatsEvent::Up => {
+            watcher.set_bus_connected(true);
+            connected.send_modify(|count| *count += 1);
+        }
         NatsEvent::Down => watcher.set_bus_connected(false),
         NatsEvent::SlowConsumer => watcher.nats_slow_consumers.inc(),
     })
     .await?;
+    let stream = StreamSettings {
+        name: n.event_stream.clone(),
+        retention: Duration::from_secs(n.event_retention_secs),
+        replicas: n.kv_replicas,
+    };
     let kv = KvSettings {
         state_bucket: n.state_bucket.clone(),
         cache_bucket: n.cache_bucket.clone(),
@@ -84,7 +96,14 @@ pub async fn open(
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
-        match ChannelState::replicated(client.clone(), node_id, &kv, member_caps.clone()).await {
+        let opened = async {
+            let js = async_nats::jetstream::new(client.clone());
+            herald_bus::stream::ensure(&js, &n.subject_prefix, &stream).await?;
+            Ok::<_, anyhow::Error>(
+                ChannelState::replicated(client.clone(), node_id, &kv, member_caps.clone()).await?,
+            )
+        };
+        match opened.await {
             Ok(state) => break state,
             Err(e) => {
                 tracing::warn!(error = %e, "cluster state unavailable; retrying");
@@ -95,7 +114,7 @@ pub async fn open(
     let js = async_nats::jetstream::new(client.clone());
     Ok(Backbone {
         state: Arc::new(state),
-        bus: Arc::new(Bus::nats(client, &n.subject_prefix)),
+        bus: Arc::new(Bus::nats(client, &n.subject_prefix, &stream, connections)),
         js: Some(js),
     })
 }

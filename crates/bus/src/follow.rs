@@ -1,0 +1,158 @@
+//! One subscribed subject, delivered in stream order, each message once,
+//! with gaps filled from the stream (see `stream.rs` for why).
+//!
+//! A [`Follower`] lives in its subject's subscription task, so one subject's
+//! messages, live or read back, pass through one place in order.
+
+use crate::batch::Holds;
+use crate::stream::{Replay, Stored};
+use crate::{BusMessage, Sink};
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long a gap is retried while the stream cannot be read (NATS down or
+/// electing a leader) before its messages are counted as lost.
+const RECOVERY_PATIENCE: Duration = Duration::from_secs(30);
+
+pub(crate) struct Follower {
+    /// The published subject (the stream's), not the republished one.
+    subject: String,
+    /// The last sequence delivered; `None` until known.
+    last: Option<u64>,
+    replay: Replay,
+    holds: Arc<Holds>,
+    sink: Arc<OnceLock<Arc<dyn Sink>>>,
+}
+
+impl Follower {
+    pub(crate) fn new(
+        subject: String,
+        replay: Replay,
+        holds: Arc<Holds>,
+        sink: Arc<OnceLock<Arc<dyn Sink>>>,
+    ) -> Self {
+        Self {
+            subject,
+            last: None,
+            replay,
+            holds,
+            sink,
+        }
+    }
+
+    /// Starts from the subject's last stored message: what is stored after
+    /// it is delivered, through live copies or from the stream. Without an
+    /// answer (NATS down), the first live message starts the count.
+    pub(crate) async fn start(&mut self) {
+        if let Ok(seq) = self.replay.last_seq(&self.subject).await {
+            self.last = Some(seq);
+        }
+    }
+
+    /// A live (republished) message: fills the gap before it, skips it if
+    /// it was delivered already.
+    pub(crate) async fn on_live(&mut self, stored: Option<Stored>, payload: &[u8]) {
+        let Some(stored) = stored else {
+            // Not from the stream (a server without republish): as is.
+            self.deliver(payload, None);
+            return;
+        };
+        if let Some(last) = self.last {
+            if stored.seq <= last {
+                return;
+            }
+            if stored.previous > last {
+                if let Some(sink) = self.sink.get() {
+                    sink.gap_detected();
+                }
+                tracing::info!(subject = %self.subject, after = last, before = stored.seq, "gap in a channel's messages; reading them back from the event stream");
+                self.recover(last + 1, Some(stored.seq), stored.previous)
+                    .await;
+            }
+        }
+        self.deliver(payload, stored.at_ms);
+        self.last = Some(stored.seq);
+    }
+
+    /// After a reconnect: delivers what was stored since the last delivered
+    /// message and missed meanwhile.
+    pub(crate) async fn catch_up(&mut self) {
+        let Some(last) = self.last else {
+            return self.start().await;
+        };
+        match self.replay.last_seq(&self.subject).await {
+            Ok(tail) if tail > last => {
+                if let Some(sink) = self.sink.get() {
+                    sink.gap_detected();
+                }
+                self.recover(last + 1, None, tail).await;
+            }
+            Ok(_) => {}
+            // Still unreachable: the next live message finds the gap.
+            Err(e) => tracing::debug!(subject = %self.subject, error = %e, "catch-up check failed"),
+        }
+    }
+
+    /// Delivers the stored messages from `from` up to (not including)
+    /// `until`, or to the end; `must_reach` is the last of them known to
+    /// have been stored.
+    async fn recover(&mut self, from: u64, until: Option<u64>, must_reach: u64) {
+        let mut next = from;
+        let give_up = Instant::now() + RECOVERY_PATIENCE;
+        let mut recovered = 0usize;
+        loop {
+            match self.replay.next(&self.subject, next).await {
+                Ok(Some(m)) if until.is_none_or(|u| m.seq < u) => {
+                    self.deliver(&m.payload, m.at_ms);
+                    self.last = Some(m.seq);
+                    recovered += 1;
+                    next = m.seq + 1;
+                }
+                Ok(_) => {
+                    if self.last.is_none_or(|l| l < must_reach) {
+                        self.failed(&format!(
+                            "messages up to {must_reach} are no longer in the event stream"
+                        ));
+                    }
+                    break;
+                }
+                Err(e) if Instant::now() < give_up => {
+                    tracing::debug!(subject = %self.subject, error = %e, "event stream not readable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    self.failed(&e);
+                    break;
+                }
+            }
+        }
+        if recovered > 0 {
+            if let Some(sink) = self.sink.get() {
+                sink.recovered(recovered);
+            }
+            tracing::info!(subject = %self.subject, events = recovered, "recovered missed messages from the event stream");
+        }
+    }
+
+    fn failed(&self, why: &str) {
+        if let Some(sink) = self.sink.get() {
+            sink.recovery_failed();
+        }
+        tracing::error!(subject = %self.subject, error = why, "could not recover missed messages: connected sockets may have missed events");
+    }
+
+    fn deliver(&self, payload: &[u8], stored_ms: Option<u64>) {
+        match BusMessage::decode(payload) {
+            Ok(decoded) => {
+                if let Some(sink) = self.sink.get() {
+                    self.holds.deliver(decoded, stored_ms, sink.as_ref());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(subject = %self.subject, error = %e, "dropping undecodable bus message")
+            }
+        }
+    }
+}
