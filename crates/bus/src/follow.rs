@@ -2,7 +2,11 @@
 //! with gaps filled from the stream (see `stream.rs` for why).
 //!
 //! A [`Follower`] lives in its subject's subscription task, so one subject's
-//! messages, live or read back, pass through one place in order.
+//! messages, live or read back, pass through one place in order. The count
+//! starts at the first message this node receives on the subject: asking
+//! the stream for a starting point when subscribing would cost every new
+//! channel a round trip, and could not tell which of the messages stored
+//! meanwhile were before the subscription.
 
 use crate::batch::Holds;
 use crate::stream::{Replay, Stored};
@@ -15,11 +19,14 @@ use tokio::time::Instant;
 /// How long a gap is retried while the stream cannot be read (NATS down or
 /// electing a leader) before its messages are counted as lost.
 const RECOVERY_PATIENCE: Duration = Duration::from_secs(30);
+/// Between two attempts to read the stream.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 pub(crate) struct Follower {
     /// The published subject (the stream's), not the republished one.
     subject: String,
-    /// The last sequence delivered; `None` until known.
+    /// The last sequence delivered; `None` until the subject's first
+    /// message on this node, which starts the count.
     last: Option<u64>,
     replay: Replay,
     holds: Arc<Holds>,
@@ -39,15 +46,6 @@ impl Follower {
             replay,
             holds,
             sink,
-        }
-    }
-
-    /// Starts from the subject's last stored message: what is stored after
-    /// it is delivered, through live copies or from the stream. Without an
-    /// answer (NATS down), the first live message starts the count.
-    pub(crate) async fn start(&mut self) {
-        if let Ok(seq) = self.replay.last_seq(&self.subject).await {
-            self.last = Some(seq);
         }
     }
 
@@ -77,21 +75,28 @@ impl Follower {
     }
 
     /// After a reconnect: delivers what was stored since the last delivered
-    /// message and missed meanwhile.
+    /// message and missed meanwhile. The stream may have no leader for a
+    /// while (its server was the one lost): retried as long as a gap is.
     pub(crate) async fn catch_up(&mut self) {
         let Some(last) = self.last else {
-            return self.start().await;
+            return;
         };
-        match self.replay.last_seq(&self.subject).await {
-            Ok(tail) if tail > last => {
-                if let Some(sink) = self.sink.get() {
-                    sink.gap_detected();
+        let give_up = Instant::now() + RECOVERY_PATIENCE;
+        let tail = loop {
+            match self.replay.last_seq(&self.subject).await {
+                Ok(tail) => break tail,
+                Err(e) if Instant::now() < give_up => {
+                    tracing::debug!(subject = %self.subject, error = %e, "event stream not readable yet; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
                 }
-                self.recover(last + 1, None, tail).await;
+                Err(e) => return self.failed(&e),
             }
-            Ok(_) => {}
-            // Still unreachable: the next live message finds the gap.
-            Err(e) => tracing::debug!(subject = %self.subject, error = %e, "catch-up check failed"),
+        };
+        if tail > last {
+            if let Some(sink) = self.sink.get() {
+                sink.gap_detected();
+            }
+            self.recover(last + 1, None, tail).await;
         }
     }
 
@@ -120,7 +125,7 @@ impl Follower {
                 }
                 Err(e) if Instant::now() < give_up => {
                     tracing::debug!(subject = %self.subject, error = %e, "event stream not readable yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 Err(e) => {
                     self.failed(&e);

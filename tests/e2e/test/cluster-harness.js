@@ -746,7 +746,47 @@ async function socketPrefix(node) {
   return prefix;
 }
 
+/**
+ * A TCP proxy to `port` (a NATS server) that can black-hole (stop forwarding in both directions without closing
+ * anything) or cut (close every connection through it, as a network blip does: the client reconnects at once).
+ */
+async function startProxy(port) {
+  let blackholed = false;
+  const open = new Set();
+  const server = net.createServer((client) => {
+    const upstream = net.connect({ host: '127.0.0.1', port });
+    for (const s of [client, upstream]) {
+      open.add(s);
+      s.on('error', () => {});
+      s.on('close', () => {
+        open.delete(s);
+        client.destroy();
+        upstream.destroy();
+      });
+    }
+    client.on('data', (d) => blackholed || upstream.write(d));
+    upstream.on('data', (d) => blackholed || client.write(d));
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const proxy = {
+    url: `nats://127.0.0.1:${server.address().port}`,
+    blackhole(on) {
+      blackholed = on;
+    },
+    cut() {
+      for (const s of open) s.destroy();
+    },
+    close() {
+      for (const s of open) s.destroy();
+      return new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+  h.track(() => proxy.close());
+  return proxy;
+}
+
 module.exports = {
+  startProxy,
   socketPrefix,
   startBalancer,
   NATS_SERVER_BIN,

@@ -2,10 +2,10 @@
 // Herald on a 3-server NATS cluster (JetStream, KV buckets with 3 replicas: `kv_replicas = 3`). Gateway A is
 // given the server list [s1,s2,s3], gateway B [s2,s3,s1]; the NATS server gateway A is connected to is killed
 // (SIGKILL). Clients on both gateways must keep receiving triggers made through the ingest: a trigger may be
-// refused (503) while the ingest fails over; every trigger the ingest accepted reaches every subscriber of a
-// gateway that stayed connected to NATS around it, never twice and in order. Core NATS delivers at most once:
-// a trigger published while gateway A itself is reconnecting (its /readyz says 503) may miss A's clients, and
-// docs/architecture.md says so.
+// refused (503, or 504 when NATS failed under it) while the ingest fails over; every trigger the ingest accepted
+// reaches every subscriber on both gateways, never twice and in order, also those published while gateway A was
+// reconnecting (read back from the event stream: docs/architecture.md, "Lossless delivery"). The same at
+// 1,000 triggers/s with 1,000 sockets is in cluster-lossless.test.js.
 //
 // Presence after losing a server (and JetStream without quorum) is asserted in cluster-jetstream-loss.test.js.
 //
@@ -73,8 +73,7 @@ async function failover(urls) {
   const survivors = servers.filter((s) => s !== victim);
 
   const accepted = []; // n of every trigger the ingest answered 200
-  // per gateway, the triggers it must have: those accepted while it sat on a server that survived (before the
-  // kill: every one; after it: once its connection is seen on a survivor's /connz, before and after the trigger)
+  // per gateway, the triggers it must have: every accepted one
   const required = { A: [], B: [] };
   const acceptedAt = []; // for the failure message: when each one was accepted
   const refusals = [];
@@ -87,24 +86,19 @@ async function failover(urls) {
   };
   const ticks = (list) => list.map((e) => e.data.n);
   let killedAt = 'not yet';
-  let killed = false;
-  const onSurvivor = async (gw) => !killed || Boolean(await serverOf(survivors, gw.natsName));
   async function triggerAndExpect(n) {
-    const before = { A: await onSurvivor(gwA), B: await onSurvivor(gwB) };
     const { res, refusals: r } = await ch.triggerWhenAccepted(sdk, 'ticker', 'tick', { n }, undefined, 20000);
     refusals.push(...r);
     assert.equal(res.status, 200);
     accepted.push(n);
     acceptedAt.push(`${n}@${new Date().toISOString()}`);
-    const must = { A: before.A && (await onSurvivor(gwA)), B: before.B && (await onSurvivor(gwB)) };
-    for (const g of ['A', 'B']) if (must[g]) required[g].push(n);
+    for (const g of ['A', 'B']) required[g].push(n);
     const all = () => {
       drain(rawA, rawSeen.A);
       drain(rawB, rawSeen.B);
-      const lists = [...(must.A ? [ticks(tickA), rawSeen.A] : []), ...(must.B ? [ticks(tickB), rawSeen.B] : [])];
-      return lists.every((l) => l.includes(n));
+      return [ticks(tickA), rawSeen.A, ticks(tickB), rawSeen.B].every((l) => l.includes(n));
     };
-    await h.waitFor(all, 5000, `accepted tick ${n} on the gateways connected to surviving servers (${JSON.stringify(must)})`).catch((e) => {
+    await h.waitFor(all, 10000, `accepted tick ${n} on both gateways`).catch((e) => {
       // the state when giving up (not when starting to wait)
       throw new Error(
         `${e.message}: pusher-js A [${ticks(tickA)}], B [${ticks(tickB)}]; raw A [${rawSeen.A}], B [${rawSeen.B}]; ` +
@@ -118,7 +112,6 @@ async function failover(urls) {
 
   // --- kill the server gateway A is connected to
   killedAt = new Date().toISOString();
-  killed = true;
   await victim.kill9();
   const t0 = Date.now();
 
@@ -137,8 +130,7 @@ async function failover(urls) {
   await cluster.waitAllReadyz(200, 15000);
 
   {
-    // Every client got, in order and never twice, only accepted triggers, and every trigger accepted while
-    // its gateway sat on a surviving server.
+    // Every client got, in order and never twice, only accepted triggers, and every accepted trigger.
     await h.sleep(300); // bounded absence window for duplicates
     drain(rawA, rawSeen.A);
     drain(rawB, rawSeen.B);
@@ -150,7 +142,7 @@ async function failover(urls) {
       ['raw B', rawSeen.B, required.B],
     ]) {
       assert.deepEqual(got, accepted.filter((n) => got.includes(n)), `${label}: in order, no duplicates, only accepted ${why}`);
-      for (const n of must) assert.ok(got.includes(n), `${label} got ${n}, accepted while its gateway was on a survivor ${why}`);
+      for (const n of must) assert.ok(got.includes(n), `${label} got accepted trigger ${n} ${why}`);
     }
     assert.ok(required.A.filter((n) => n > 0).length >= 3, `several triggers after A reconnected ${why}`);
   }

@@ -5,44 +5,10 @@
 // - after the heal, an old subscriber receives a trigger within 3 s;
 // - the other gateways remove a cut-off gateway's presence members within 5 s, once, and after the heal
 //   presence is the truth again within 5 s, with at most one removed/added pair per member.
-const net = require('node:net');
 const h = require('./harness');
 const ch = require('./cluster-harness');
 const { assert } = h;
 const { test } = ch;
-
-/** A TCP proxy to `port` that can black-hole: stop forwarding in both directions without closing anything. */
-async function startProxy(port) {
-  let blackholed = false;
-  const open = new Set();
-  const server = net.createServer((client) => {
-    const upstream = net.connect({ host: '127.0.0.1', port });
-    for (const s of [client, upstream]) {
-      open.add(s);
-      s.on('error', () => {});
-      s.on('close', () => {
-        open.delete(s);
-        client.destroy();
-        upstream.destroy();
-      });
-    }
-    client.on('data', (d) => blackholed || upstream.write(d));
-    upstream.on('data', (d) => blackholed || client.write(d));
-  });
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const proxy = {
-    url: `nats://127.0.0.1:${server.address().port}`,
-    blackhole(on) {
-      blackholed = on;
-    },
-    close() {
-      for (const s of open) s.destroy();
-      return new Promise((resolve) => server.close(() => resolve()));
-    },
-  };
-  h.track(() => proxy.close());
-  return proxy;
-}
 
 /** Milliseconds until `node`'s /readyz answers `status` (bounded). */
 async function msUntilReadyz(node, status, timeoutMs) {
@@ -103,7 +69,7 @@ test('NATS stalled (SIGSTOP): nodes turn unready within 5 s, triggers are refuse
 test('a gateway black-holed from NATS: unready, its members removed elsewhere once within 5 s, restored once after the heal', { timeout: 90000 }, async () => {
   const nats = await ch.startNats();
   h.track(() => nats.stop(5000));
-  const proxy = await startProxy(nats.port);
+  const proxy = await ch.startProxy(nats.port);
   const cluster = await ch.startCluster({ gateways: 2, nats, gatewayNats: [[proxy.url], undefined] });
   const [cut, healthy] = cluster.gateways;
   const channel = 'presence-partition';
