@@ -44,7 +44,7 @@ pub(crate) const CLOCK_SKEW: Duration = Duration::from_secs(1);
 /// Whether a message with this deadline came too late to act on: stored
 /// (cluster: the event stream's time, the same on every node) or, without
 /// a storage time, received more than [`CLOCK_SKEW`] after it.
-fn too_late(deadline_ms: Option<u64>, stored_ms: Option<u64>) -> bool {
+pub(crate) fn too_late(deadline_ms: Option<u64>, stored_ms: Option<u64>) -> bool {
     let at = stored_ms.unwrap_or_else(herald_protocol::unix_millis);
     deadline_ms.is_some_and(|d| at > d + CLOCK_SKEW.as_millis() as u64)
 }

@@ -31,6 +31,8 @@ pub(crate) struct Follower {
     replay: Replay,
     holds: Arc<Holds>,
     sink: Arc<OnceLock<Arc<dyn Sink>>>,
+    /// A history channel: each event gets its stream sequence as its id.
+    stamp_ids: bool,
 }
 
 impl Follower {
@@ -39,6 +41,7 @@ impl Follower {
         replay: Replay,
         holds: Arc<Holds>,
         sink: Arc<OnceLock<Arc<dyn Sink>>>,
+        stamp_ids: bool,
     ) -> Self {
         Self {
             subject,
@@ -46,6 +49,7 @@ impl Follower {
             replay,
             holds,
             sink,
+            stamp_ids,
         }
     }
 
@@ -54,7 +58,7 @@ impl Follower {
     pub(crate) async fn on_live(&mut self, stored: Option<Stored>, payload: &[u8]) {
         let Some(stored) = stored else {
             // Not from the stream (a server without republish): as is.
-            self.deliver(payload, None);
+            self.deliver(payload, None, None);
             return;
         };
         if let Some(last) = self.last {
@@ -70,7 +74,7 @@ impl Follower {
                     .await;
             }
         }
-        self.deliver(payload, stored.at_ms);
+        self.deliver(payload, Some(stored.seq), stored.at_ms);
         self.last = Some(stored.seq);
     }
 
@@ -110,7 +114,7 @@ impl Follower {
         loop {
             match self.replay.next(&self.subject, next).await {
                 Ok(Some(m)) if until.is_none_or(|u| m.seq < u) => {
-                    self.deliver(&m.payload, m.at_ms);
+                    self.deliver(&m.payload, Some(m.seq), m.at_ms);
                     self.last = Some(m.seq);
                     recovered += 1;
                     next = m.seq + 1;
@@ -148,9 +152,12 @@ impl Follower {
         tracing::error!(subject = %self.subject, error = why, "could not recover missed messages: connected sockets may have missed events");
     }
 
-    fn deliver(&self, payload: &[u8], stored_ms: Option<u64>) {
+    fn deliver(&self, payload: &[u8], seq: Option<u64>, stored_ms: Option<u64>) {
         match BusMessage::decode(payload) {
-            Ok(decoded) => {
+            Ok(mut decoded) => {
+                if let (true, BusMessage::Event(envelope)) = (self.stamp_ids, &mut decoded) {
+                    envelope.id = seq;
+                }
                 if let Some(sink) = self.sink.get() {
                     self.holds.deliver(decoded, stored_ms, sink.as_ref());
                 }

@@ -12,6 +12,7 @@
 
 mod batch;
 mod follow;
+pub mod history;
 mod local;
 pub mod nats;
 pub mod stream;
@@ -19,6 +20,7 @@ pub mod subject;
 
 use futures::future::BoxFuture;
 use herald_protocol::unix_millis;
+use history::{HistoryRules, Retained};
 use local::LocalBus;
 use nats::NatsBus;
 use serde::{Deserialize, Serialize};
@@ -54,6 +56,11 @@ pub struct Envelope {
     /// refused request; see `batch.rs`, "Deadlines").
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// On a history channel, the event's id (set where it is received:
+    /// the event stream's sequence, or standalone's counter), sent to
+    /// clients so that they can tell an event shown again from a new one.
+    #[serde(default)]
+    pub id: Option<u64>,
 }
 
 impl Envelope {
@@ -70,7 +77,13 @@ impl Envelope {
             traceparent: None,
             batch: None,
             deadline_ms: None,
+            id: None,
         }
+    }
+
+    /// A `client-` event sent by a socket (never kept in history).
+    pub fn is_client_event(&self) -> bool {
+        self.event.starts_with("client-")
     }
 
     pub fn except(mut self, socket_id: Option<String>) -> Self {
@@ -192,6 +205,39 @@ impl Bus {
             stream,
             connections,
         ))))
+    }
+
+    /// Keeps the last events of the channels `rules` name (history
+    /// channels): in memory standalone, in the event stream in a cluster.
+    pub fn retaining(mut self, rules: HistoryRules) -> Self {
+        match &mut self.0 {
+            Backend::Memory(bus) => bus.history = rules,
+            Backend::Nats(bus) => bus.history = rules,
+        }
+        self
+    }
+
+    /// Whether `channel` of `app` is a history channel.
+    pub fn keeps_history(&self, app: &str, channel: &str) -> bool {
+        let rules = match &self.0 {
+            Backend::Memory(bus) => &bus.history,
+            Backend::Nats(bus) => &bus.history,
+        };
+        rules.rule(app, channel).is_some()
+    }
+
+    /// The retained events of a history channel, oldest first; only those
+    /// with an id above `after`, if given. Empty for other channels.
+    pub async fn retained(
+        &self,
+        app: &str,
+        channel: &str,
+        after: Option<u64>,
+    ) -> Result<Vec<Retained>, BusError> {
+        match &self.0 {
+            Backend::Memory(bus) => Ok(bus.retained(app, channel, after)),
+            Backend::Nats(bus) => bus.retained(app, channel, after).await,
+        }
     }
 
     /// Connects the receiving side (the gateway's fan-out); called once at startup.

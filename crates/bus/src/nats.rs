@@ -10,6 +10,7 @@
 
 use crate::batch::{Holds, CLOCK_SKEW, HOLD};
 use crate::follow::Follower;
+use crate::history::{self, HistoryRules, Retained};
 use crate::stream::{republished, Replay, Stored, StreamSettings};
 use crate::subject::{control_subject, event_subject};
 use crate::{BusError, BusMessage, Envelope, Sink};
@@ -150,6 +151,11 @@ pub(crate) struct NatsBus {
     replay: Replay,
     /// Bumped on every (re)connect: subscriptions then catch up.
     connections: watch::Receiver<u64>,
+    /// Each stored event's time to live, outside history channels.
+    event_ttl: Duration,
+    /// The event stream's name (history channels are trimmed in it).
+    stream: String,
+    pub(crate) history: HistoryRules,
     prefix: String,
     sink: Arc<OnceLock<Arc<dyn Sink>>>,
     /// Parts of multi-channel requests waiting for their commit.
@@ -273,6 +279,9 @@ impl NatsBus {
             replay: Replay::new(js.clone(), stream.name.clone()),
             js,
             connections,
+            event_ttl: stream.retention,
+            stream: stream.name.clone(),
+            history: HistoryRules::default(),
             client,
             prefix: prefix.to_owned(),
             sink,
@@ -292,14 +301,14 @@ impl NatsBus {
         let mut subs = self.subscriptions.lock();
         for app in apps {
             let subject = control_subject(&self.prefix, app);
-            let sub = self.subscribe(subject.clone());
+            let sub = self.subscribe(subject.clone(), false);
             subs.insert(subject, sub);
         }
     }
 
     /// Listens to `subject`'s stored copies, in order and without gaps
     /// (`follow.rs`).
-    fn subscribe(&self, subject: String) -> Subscription {
+    fn subscribe(&self, subject: String, history: bool) -> Subscription {
         let (live_tx, live) = watch::channel(false);
         let client = self.client.clone();
         let barrier = self.barrier.clone();
@@ -310,6 +319,7 @@ impl NatsBus {
             self.replay.clone(),
             self.holds.clone(),
             self.sink.clone(),
+            history,
         );
         let task = tokio::spawn(async move {
             let mut messages = match client.subscribe(listen.clone()).await {
@@ -406,11 +416,14 @@ impl NatsBus {
     /// stream stores a retried message once and acknowledges it again).
     /// The caller bounds the wait.
     async fn store(&self, messages: &[BusMessage]) -> Result<(), BusError> {
-        let encoded: Vec<(String, bytes::Bytes, String)> = messages
+        let encoded: Vec<(String, bytes::Bytes, String, u64)> = messages
             .iter()
             .map(|m| {
                 let id = format!("{:016x}", rand::random::<u64>());
-                (self.subject_of(m), bytes::Bytes::from(m.encode()), id)
+                let ttl = self
+                    .history_rule(m)
+                    .map_or(self.event_ttl.as_secs(), |r| r.seconds);
+                (self.subject_of(m), bytes::Bytes::from(m.encode()), id, ttl)
             })
             .collect();
         let mut pending: Vec<usize> = (0..encoded.len()).collect();
@@ -418,10 +431,11 @@ impl NatsBus {
             let mut acks: Vec<(usize, PublishAckFuture)> = Vec::with_capacity(pending.len());
             let mut failed = Vec::new();
             for &i in &pending {
-                let (subject, payload, id) = &encoded[i];
+                let (subject, payload, id, ttl) = &encoded[i];
                 let publish = PublishMessage::build()
                     .payload(payload.clone())
-                    .message_id(id);
+                    .message_id(id)
+                    .header("Nats-TTL", ttl.to_string().as_str());
                 match self.js.send_publish(subject.clone(), publish).await {
                     Ok(ack) => acks.push((i, ack)),
                     Err(e) => failed.push((i, e.to_string())),
@@ -433,6 +447,7 @@ impl NatsBus {
                 }
             }
             let Some((_, why)) = failed.first() else {
+                self.trim_history(messages);
                 return Ok(());
             };
             tracing::debug!(error = %why, unacknowledged = failed.len(), "event stream publish not acknowledged; retrying");
@@ -440,6 +455,85 @@ impl NatsBus {
             pending.sort_unstable();
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    fn history_rule(&self, message: &BusMessage) -> Option<&herald_config::HistoryRule> {
+        match message {
+            BusMessage::Event(e) => self.history.rule(&e.app, &e.channel),
+            _ => None,
+        }
+    }
+
+    /// Keeps the last events of the history channels among `messages`
+    /// (in the background: the request is answered already).
+    fn trim_history(&self, messages: &[BusMessage]) {
+        for message in messages {
+            let Some(rule) = self.history_rule(message) else {
+                continue;
+            };
+            let (js, stream) = (self.js.clone(), self.stream.clone());
+            let (subject, keep) = (self.subject_of(message), rule.events as u64);
+            tokio::spawn(async move {
+                let trimmed = async {
+                    let stream = js
+                        .get_stream_no_info(&stream)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    stream
+                        .purge()
+                        .filter(subject.clone())
+                        .keep(keep)
+                        .await
+                        .map_err(|e| e.to_string())
+                };
+                if let Err(e) = trimmed.await {
+                    tracing::debug!(%subject, error = %e, "trimming a history channel failed; the next event trims it");
+                }
+            });
+        }
+    }
+
+    /// A history channel's retained events (`history.rs`), read from the
+    /// event stream: the channel's stored events, which trimming keeps to
+    /// about the rule's count.
+    pub(crate) async fn retained(
+        &self,
+        app: &str,
+        channel: &str,
+        after: Option<u64>,
+    ) -> Result<Vec<Retained>, BusError> {
+        let Some(rule) = self.history.rule(app, channel) else {
+            return Ok(Vec::new());
+        };
+        let subject = event_subject(&self.prefix, app, channel);
+        let mut found = Vec::new();
+        let mut next = after.map_or(1, |a| a + 1);
+        // Trimming runs after each store, so only a few more than the rule's
+        // count can be there; the bound keeps a lagging trim from costing more.
+        for _ in 0..rule.events * 4 + 16 {
+            let Some(m) = self
+                .replay
+                .next(&subject, next)
+                .await
+                .map_err(BusError::Unavailable)?
+            else {
+                break;
+            };
+            next = m.seq + 1;
+            if let Ok(BusMessage::Event(envelope)) = BusMessage::decode(&m.payload) {
+                let at_ms = m.at_ms.unwrap_or_default();
+                let late = crate::batch::too_late(envelope.deadline_ms, Some(at_ms));
+                if !late && !envelope.is_client_event() {
+                    found.push(Retained::of(m.seq, at_ms, &envelope));
+                }
+            }
+        }
+        Ok(history::select(
+            found,
+            rule,
+            after,
+            herald_protocol::unix_millis(),
+        ))
     }
 
     fn subject_of(&self, message: &BusMessage) -> String {
@@ -492,7 +586,10 @@ impl NatsBus {
         }
         let mut live = subs
             .entry(subject.clone())
-            .or_insert_with(|| self.subscribe(subject))
+            .or_insert_with(|| {
+                let history = self.history.rule(app, channel).is_some();
+                self.subscribe(subject, history)
+            })
             .live
             .clone();
         Box::pin(async move {

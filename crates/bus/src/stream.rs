@@ -23,7 +23,8 @@
 //! `nats.kv_replicas` servers) and therefore reaches every gateway that
 //! stays subscribed. Deadlines (`batch.rs`) are judged on the time the
 //! message was stored, the same for every gateway. Standalone has no stream:
-//! an in-process call cannot lose a message.
+//! an in-process call cannot lose a message. History channels (`history.rs`)
+//! live in the same stream, with a longer time to live.
 
 use crate::BusError;
 use async_nats::jetstream::stream::{self, LastRawMessageErrorKind};
@@ -36,8 +37,11 @@ use std::time::Duration;
 pub struct StreamSettings {
     pub name: String,
     /// How long events stay readable: the longest outage a gateway can
-    /// recover from.
+    /// recover from (each event's time to live).
     pub retention: Duration,
+    /// The stream's own limit: the longest of `retention` and every history
+    /// rule's time (history channels' events live longer).
+    pub max_age: Duration,
     pub replicas: usize,
 }
 
@@ -57,7 +61,10 @@ pub async fn ensure(
         subjects: vec![format!("{prefix}.ev.>"), format!("{prefix}.ctl.>")],
         retention: stream::RetentionPolicy::Limits,
         discard: stream::DiscardPolicy::Old,
-        max_age: settings.retention,
+        max_age: settings.max_age.max(settings.retention),
+        // Each event's own time to live (`Nats-TTL`): the retention, or a
+        // history rule's time.
+        allow_message_ttl: true,
         // A retried publish (same message id) within this window is stored once.
         duplicate_window: settings.retention.min(Duration::from_secs(120)),
         num_replicas: settings.replicas,
@@ -113,7 +120,7 @@ pub(crate) struct Replay {
     stream: String,
 }
 
-/// A message read back, with the time it was stored.
+/// A message read back, with its sequence and the time it was stored.
 pub(crate) struct Recovered {
     pub seq: u64,
     pub at_ms: Option<u64>,

@@ -237,6 +237,65 @@ impl Default for Config {
     }
 }
 
+/// Channels whose last events are kept and shown to every new subscriber.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRule {
+    /// Channels whose name (on the wire, e.g. `private-admin-`) starts with this.
+    pub prefix: String,
+    /// How many of the last events are kept.
+    #[serde(default = "default_history_events")]
+    pub events: usize,
+    /// How long an event is kept, in seconds.
+    #[serde(default = "default_history_seconds")]
+    pub seconds: u64,
+}
+
+/// Most events a history rule keeps per channel (each new subscriber is sent all of them).
+pub const MAX_HISTORY_EVENTS: usize = 1000;
+/// Longest a history rule keeps an event: 7 days.
+pub const MAX_HISTORY_SECONDS: u64 = 7 * 24 * 3600;
+
+fn default_history_events() -> usize {
+    20
+}
+
+fn default_history_seconds() -> u64 {
+    3600
+}
+
+/// Environment variable with history rules for the app taken from the
+/// environment: `prefix:events[:seconds]`, comma-separated.
+pub const HISTORY_VAR: &str = "HERALD_HISTORY_CHANNELS";
+
+/// Parses [`HISTORY_VAR`]: `private-admin-:20:3600,orders:50`.
+pub fn parse_history_rules(text: &str) -> Result<Vec<HistoryRule>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut fields = part.split(':');
+            let prefix = fields.next().unwrap_or_default().to_owned();
+            let number = |field: Option<&str>, default: u64, what: &str| match field {
+                None => Ok(default),
+                Some(f) => f
+                    .parse::<u64>()
+                    .map_err(|_| format!("`{part}`: {what} `{f}` is not a whole number")),
+            };
+            let events = number(fields.next(), default_history_events() as u64, "events")?;
+            let seconds = number(fields.next(), default_history_seconds(), "seconds")?;
+            if fields.next().is_some() {
+                return Err(format!("`{part}` is not prefix:events[:seconds]"));
+            }
+            Ok(HistoryRule {
+                prefix,
+                events: events as usize,
+                seconds,
+            })
+        })
+        .collect()
+}
+
 /// One Pusher app: credentials, switches and limits (Pusher's defaults).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -275,6 +334,10 @@ pub struct AppConfig {
     /// Members a large presence channel admits, cluster-wide.
     #[serde(default = "default_max_large_presence_members")]
     pub max_large_presence_members: usize,
+    /// History channels: a subscriber first receives the last events of a
+    /// channel matching one of these (docs/protocol.md, "History channels").
+    #[serde(default)]
+    pub history: Vec<HistoryRule>,
     #[serde(default = "default_max_user_info")]
     pub max_presence_user_info_bytes: usize,
     #[serde(default = "default_max_payload")]
@@ -376,6 +439,7 @@ impl AppConfig {
             max_presence_members: default_max_presence_members(),
             large_presence_prefixes: Vec::new(),
             max_large_presence_members: default_max_large_presence_members(),
+            history: Vec::new(),
             max_presence_user_info_bytes: default_max_user_info(),
             max_event_payload_bytes: default_max_payload(),
             max_channels_per_event: default_max_channels(),
@@ -550,7 +614,20 @@ impl Config {
                 })
             }
         };
+        let history = env(HISTORY_VAR)
+            .map(|text| parse_history_rules(&text))
+            .transpose()
+            .map_err(|problem| ConfigError::Invalid {
+                key: HISTORY_VAR.into(),
+                problem,
+            })?;
         if !self.apps.is_empty() {
+            if history.is_some() {
+                return Err(ConfigError::Invalid {
+                    key: HISTORY_VAR.into(),
+                    problem: "applies only to an app taken from the environment; the config file has [[apps]]: set [[apps.history]] there".into(),
+                });
+            }
             if client_events.is_some() {
                 return Err(ConfigError::Invalid {
                     key: CLIENT_EVENTS_VAR.into(),
@@ -577,6 +654,7 @@ impl Config {
             },
         };
         self.apps[0].client_events = client_events.unwrap_or(false);
+        self.apps[0].history = history.unwrap_or_default();
         self.validate()?;
         Ok(source)
     }
@@ -688,6 +766,24 @@ impl Config {
                     key("large_presence_prefixes"),
                     &format!("has `{prefix}`: every prefix must start with `presence-` (the channel's name on the wire)"),
                 ));
+            }
+            for (j, rule) in app.history.iter().enumerate() {
+                let field = |f: &str| key(&format!("history[{j}].{f}"));
+                if rule.prefix.is_empty() {
+                    return Err(invalid(field("prefix"), "must not be empty"));
+                }
+                if rule.events == 0 || rule.events > MAX_HISTORY_EVENTS {
+                    return Err(invalid(
+                        field("events"),
+                        &format!("must be between 1 and {MAX_HISTORY_EVENTS}"),
+                    ));
+                }
+                if rule.seconds == 0 || rule.seconds > MAX_HISTORY_SECONDS {
+                    return Err(invalid(
+                        field("seconds"),
+                        &format!("must be between 1 and {MAX_HISTORY_SECONDS} (7 days)"),
+                    ));
+                }
             }
             for (field, value) in [
                 ("max_presence_members", app.max_presence_members),

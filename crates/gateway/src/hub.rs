@@ -237,7 +237,13 @@ impl Hub {
             span
         });
         let _entered = span.as_ref().map(tracing::Span::enter);
-        let text = message::event_message(&env.event, channel, &env.data, env.user_id.as_deref());
+        let text = message::event_message_with_id(
+            &env.event,
+            channel,
+            &env.data,
+            env.user_id.as_deref(),
+            env.id,
+        );
         let frame = frame::text(&text);
         let delivered = app.fan_out(&env.channel, env.except_socket.as_deref(), &frame);
         if let Some(span) = &span {

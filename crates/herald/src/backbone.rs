@@ -3,6 +3,7 @@
 //! the one place where standalone and cluster part ways.
 
 use crate::Role;
+use herald_bus::history::HistoryRules;
 use herald_bus::nats::NatsEvent;
 use herald_bus::stream::StreamSettings;
 use herald_bus::Bus;
@@ -37,7 +38,7 @@ pub async fn open(
         kv_metrics.healthy.set(1);
         return Ok(Backbone {
             state: Arc::new(ChannelState::in_memory(member_caps)),
-            bus: Arc::new(Bus::in_memory()),
+            bus: Arc::new(Bus::in_memory().retaining(HistoryRules::of(&config.apps))),
             js: None,
         });
     }
@@ -56,9 +57,11 @@ pub async fn open(
         NatsEvent::SlowConsumer => watcher.nats_slow_consumers.inc(),
     })
     .await?;
+    let history = HistoryRules::of(&config.apps);
     let stream = StreamSettings {
         name: n.event_stream.clone(),
         retention: Duration::from_secs(n.event_retention_secs),
+        max_age: Duration::from_secs(n.event_retention_secs.max(history.longest_seconds())),
         replicas: n.kv_replicas,
     };
     let kv = KvSettings {
@@ -114,7 +117,9 @@ pub async fn open(
     let js = async_nats::jetstream::new(client.clone());
     Ok(Backbone {
         state: Arc::new(state),
-        bus: Arc::new(Bus::nats(client, &n.subject_prefix, &stream, connections)),
+        bus: Arc::new(
+            Bus::nats(client, &n.subject_prefix, &stream, connections).retaining(history),
+        ),
         js: Some(js),
     })
 }

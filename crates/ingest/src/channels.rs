@@ -1,8 +1,9 @@
-//! `GET /apps/{id}/channels`, `GET /apps/{id}/channels/{name}` and
-//! `GET /apps/{id}/channels/{name}/users`: channel queries.
+//! `GET /apps/{id}/channels`, `GET /apps/{id}/channels/{name}`,
+//! `GET /apps/{id}/channels/{name}/users` and (a Herald extension)
+//! `GET /apps/{id}/channels/{name}/events`: channel queries.
 //!
-//! They are answered from the shared channel state, never by asking
-//! gateways, so an ingest answers them alone.
+//! They are answered from the shared channel state, or the bus's retained
+//! history, never by asking gateways, so an ingest answers them alone.
 
 use crate::error::HttpError;
 use crate::request::QueryParams;
@@ -137,6 +138,54 @@ impl Ingest {
             attrs.insert("cache".into(), cached.unwrap_or(Value::Null));
         }
         Value::Object(attrs)
+    }
+}
+
+impl Ingest {
+    /// A history channel's retained events, oldest first; with `after_id`,
+    /// only those with a greater id (to fill a page without repeating).
+    pub(crate) async fn channel_events(
+        &self,
+        app: &AppConfig,
+        name: &str,
+        params: &QueryParams,
+    ) -> Result<Value, HttpError> {
+        let channel = parse_channel(name)?;
+        if !self.bus.keeps_history(&app.id, channel.as_str()) {
+            return Err(HttpError::new(
+                hyper::StatusCode::NOT_FOUND,
+                format!(
+                    "`{name}` is not a history channel (no [[apps.history]] prefix matches it)"
+                ),
+            ));
+        }
+        let after = params
+            .get("after_id")
+            .map(|a| {
+                a.parse::<u64>().map_err(|_| {
+                    HttpError::bad_request("after_id must be an event id (a whole number)")
+                })
+            })
+            .transpose()?;
+        let events = self
+            .bus
+            .retained(&app.id, channel.as_str(), after)
+            .await
+            .map_err(|e| HttpError::new(hyper::StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        let events: Vec<Value> = events
+            .into_iter()
+            .map(|e| {
+                // `data` as triggered: usually a string holding JSON, as Pusher sends it.
+                let data: Value = serde_json::from_str(&e.data).unwrap_or(Value::String(e.data));
+                let mut event =
+                    json!({ "id": e.id, "name": e.event, "channel": e.channel, "data": data });
+                if let Some(user) = e.user_id {
+                    event["user_id"] = user.into();
+                }
+                event
+            })
+            .collect();
+        Ok(json!({ "events": events }))
     }
 }
 

@@ -141,6 +141,7 @@ impl Ingest {
             Route::Channels => self.list_channels(&app, &params),
             Route::Channel(name) => self.show_channel(&app, &name, &params),
             Route::Users(name) => self.list_users(&app, &name, &params),
+            Route::ChannelEvents(name) => self.channel_events(&app, &name, &params).await,
             Route::User(user_id) => Ok(self.user_status(&app, &user_id)),
             Route::TerminateConnections(user_id) => self.terminate_connections(&app, user_id).await,
         }
@@ -154,6 +155,10 @@ impl Ingest {
             .bus_publishes
             .with_label_values(&[&app.id])
             .inc_by(events.len() as u64);
+        let kept = events
+            .iter()
+            .filter(|e| self.bus.keeps_history(&app.id, &e.channel))
+            .count();
         let span = tracing::info_span!("publish", app = %app.id);
         let published = async {
             let traceparent = herald_telemetry::current_traceparent();
@@ -164,6 +169,12 @@ impl Ingest {
         }
         .instrument(span)
         .await;
+        if published.is_ok() && kept > 0 {
+            self.metrics
+                .history_events
+                .with_label_values(&[&app.id])
+                .inc_by(kept as u64);
+        }
         self.unless_refused(app, published)
     }
 

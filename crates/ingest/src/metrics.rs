@@ -13,6 +13,8 @@ pub(crate) struct IngestMetrics {
     pub limit_rejections: IntCounterVec,
     pub bus_publishes: IntCounterVec,
     pub bus_publish_failures: IntCounterVec,
+    /// Events triggered on history channels (kept for new subscribers).
+    pub history_events: IntCounterVec,
 }
 
 impl IngestMetrics {
@@ -33,6 +35,11 @@ impl IngestMetrics {
             limit_rejections: metrics.limit_rejections.clone(),
             bus_publishes: metrics.bus_publishes.clone(),
             bus_publish_failures: metrics.bus_publish_failures.clone(),
+            history_events: metrics.counter_vec(
+                "herald_history_events_total",
+                "Events triggered through the HTTP API on history channels, kept for new subscribers (the last N per channel).",
+                &["app"],
+            ),
         }
     }
 }

@@ -12,6 +12,8 @@ pub(crate) enum Route {
     Channels,
     Channel(String),
     Users(String),
+    /// Herald extension: a history channel's retained events.
+    ChannelEvents(String),
     /// Herald extension: whether a user is online anywhere.
     User(String),
     TerminateConnections(String),
@@ -28,6 +30,7 @@ impl Route {
             ["channels"] => Route::Channels,
             ["channels", name] => Route::Channel(percent_decode(name)),
             ["channels", name, "users"] => Route::Users(percent_decode(name)),
+            ["channels", name, "events"] => Route::ChannelEvents(percent_decode(name)),
             ["users", user] => Route::User(percent_decode(user)),
             ["users", user, "terminate_connections"] => {
                 Route::TerminateConnections(percent_decode(user))
@@ -45,6 +48,7 @@ impl Route {
             Self::Channels => "channels",
             Self::Channel(_) => "channel",
             Self::Users(_) => "users",
+            Self::ChannelEvents(_) => "channel_events",
             Self::User(_) => "user",
             Self::TerminateConnections(_) => "terminate_connections",
         }

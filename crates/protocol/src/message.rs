@@ -159,6 +159,19 @@ pub fn event_message(
     data: &str,
     user_id: Option<&str>,
 ) -> String {
+    event_message_with_id(event, channel, data, user_id, None)
+}
+
+/// [`event_message`] with the `id` of an event on a history channel (a
+/// Herald extension: a number that grows with time on the channel, so an
+/// event shown again after a reconnect can be told from a new one).
+pub fn event_message_with_id(
+    event: &str,
+    channel: Option<&str>,
+    data: &str,
+    user_id: Option<&str>,
+    id: Option<u64>,
+) -> String {
     let mut out = String::with_capacity(event.len() + data.len() + 64);
     let _ = write!(out, r#"{{"event":{}"#, json_string(event));
     if let Some(channel) = channel {
@@ -167,6 +180,9 @@ pub fn event_message(
     let _ = write!(out, r#","data":{data}"#);
     if let Some(user) = user_id {
         let _ = write!(out, r#","user_id":{}"#, json_string(user));
+    }
+    if let Some(id) = id {
+        let _ = write!(out, r#","id":{id}"#);
     }
     out.push('}');
     out

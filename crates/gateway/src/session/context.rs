@@ -2,14 +2,15 @@
 //!
 //! Handlers get this borrowed view instead of the whole gateway: the
 //! connection's app and socket, this app's routing (`AppHub`), the
-//! cluster-wide channel state, metrics and webhooks. Publishing on the bus
-//! is not in it; a handler that wants something published returns it to the
-//! session.
+//! cluster-wide channel state, the bus's retained history, metrics and
+//! webhooks. Publishing on the bus is not in it; a handler that wants
+//! something published returns it to the session.
 
 use crate::hub::AppHub;
 use crate::metrics::GatewayMetrics;
 use crate::peer::Peer;
 use crate::Gateway;
+use herald_bus::Bus;
 use herald_config::AppConfig;
 use herald_protocol::{frame, message};
 use herald_state::ChannelState;
@@ -20,6 +21,8 @@ pub(super) struct Context<'a> {
     pub peer: &'a Peer,
     pub hub: &'a AppHub,
     pub state: &'a ChannelState,
+    /// Read for history channels' retained events only.
+    pub bus: &'a Bus,
     pub metrics: &'a GatewayMetrics,
     pub webhooks: &'a Webhooks,
 }
@@ -34,6 +37,7 @@ impl<'a> Context<'a> {
                 .app(&app.id)
                 .expect("every configured app has a hub"),
             state: &gateway.state,
+            bus: &gateway.bus,
             metrics: &gateway.metrics,
             webhooks: &gateway.webhooks,
         }

@@ -95,6 +95,7 @@ async fn try_subscribe(
     declare_interest(cx, channel).await;
     acknowledge(cx, &name, member.as_ref());
     report_cache(cx, &name);
+    report_history(cx, &name).await;
     let authorized = name.requires_auth();
     subscriptions.insert(channel.to_owned(), Subscription { name, member });
     Ok(authorized)
@@ -186,6 +187,37 @@ fn report_cache(cx: &Context<'_>, name: &ChannelName) {
                 cx.webhooks.emit(&cx.app.id, event);
             }
         }
+    }
+}
+
+/// How long a subscribe waits for a history channel's retained events.
+const HISTORY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// On a history channel: its retained events, oldest first, each with its
+/// id, as ordinary events right after the acknowledgement.
+async fn report_history(cx: &Context<'_>, name: &ChannelName) {
+    let channel = name.as_str();
+    if !cx.bus.keeps_history(&cx.app.id, channel) {
+        return;
+    }
+    let retained =
+        tokio::time::timeout(HISTORY_WAIT, cx.bus.retained(&cx.app.id, channel, None)).await;
+    match retained {
+        Ok(Ok(events)) => {
+            for e in events {
+                cx.send_text(&message::event_message_with_id(
+                    &e.event,
+                    Some(channel),
+                    &e.data,
+                    e.user_id.as_deref(),
+                    Some(e.id),
+                ));
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%channel, error = %e, "history channel: retained events unavailable")
+        }
+        Err(_) => tracing::warn!(%channel, "history channel: retained events not read within 2 s"),
     }
 }
 
