@@ -32,9 +32,12 @@ const LARGE_PRESENCE_PREFIXES = ['presence-user-presence'];
 
 const tomlString = (s) => JSON.stringify(String(s)); // TOML basic strings take JSON's escapes
 
+/** Events the dashboard shows per feed, and so the history kept on each admin channel. */
+const HISTORY_EVENTS = 20;
+
 /**
  * The config file Herald runs with: the store's one app (the PUSHER_APP_* of its .env) with
- * `large_presence_prefixes`, which only a config file can set. HERALD_CLIENT_EVENTS=true, which Herald refuses
+ * `large_presence_prefixes` and the admin channels' history, which only a config file can set. HERALD_CLIENT_EVENTS=true, which Herald refuses
  * next to a file with apps, becomes the app's `client_events`.
  */
 function heraldConfig(app, env = process.env) {
@@ -49,6 +52,12 @@ function heraldConfig(app, env = process.env) {
     '# Thousands of shoppers on user-presence (up to max_large_presence_members, 20,000): only members whose signed',
     '# user_info has "watcher": true (the admins) get the member list and joins/leaves; the others get the count.',
     `large_presence_prefixes = [${LARGE_PRESENCE_PREFIXES.map(tomlString).join(', ')}]`,
+    '# History channels (docs/protocol.md, "History channels"): an admin who opens the dashboard first gets the last',
+    '# events of every private-admin-* channel, so the feeds are full at once instead of empty until the next event.',
+    '[[apps.history]]',
+    'prefix = "private-admin-"',
+    `events = ${HISTORY_EVENTS}`,
+    'seconds = 86400',
     '',
   ].join('\n');
 }
@@ -133,4 +142,4 @@ async function startHerald({ bin, app, host, port, metricsPort, onLine = () => {
   return { child, args, configPath, stop, exited, output: () => output };
 }
 
-module.exports = { findHerald, startHerald, heraldConfig, LARGE_PRESENCE_PREFIXES, REPO_ROOT };
+module.exports = { HISTORY_EVENTS, findHerald, startHerald, heraldConfig, LARGE_PRESENCE_PREFIXES, REPO_ROOT };

@@ -6,7 +6,8 @@
 
   const page = JSON.parse(document.getElementById('page-config').textContent);
   const $ = (id) => document.getElementById(id);
-  const FEED_LENGTH = 8;
+  // as many as Herald keeps on each admin channel (lib/herald.js: HISTORY_EVENTS), so a fresh page is full
+  const FEED_LENGTH = 20;
 
   // Test and debugging hook: what the page has received and been refused.
   const state = (window.dashboard = { adminEvents: 0, byEvent: {}, refused: {}, subscribed: {}, admins: [], errors: [] });

@@ -8,6 +8,9 @@
 //   - Alice (admin) sees the simulator's events on screen, and Bob (a second admin, a Node laravel-echo client)
 //     appear in and leave her "Admins online" list (presence-admin-presence). The screenshot goes to
 //     docs/img/admin-monitoring.png.
+//   - History channels: the store's backend sends 25 orders before anyone looks; Alice then opens the dashboard and
+//     its orders feed shows the last 20 at once (Herald keeps the last 20 events of every private-admin-* channel),
+//     newest first, and a reload shows the same 20 again; the HTTP API lists the same 20.
 //   - A store of 2,000 online shoppers (`run --online 2000`, a second demo): Alice, a watcher of the large presence
 //     channel presence-user-presence, sees the true member count (Herald's HTTP API) within seconds of the ramp,
 //     and the simulator's joins and leaves in her bounded "Recent joins and leaves" list; Carol, a counted
@@ -443,5 +446,41 @@ test('a store of 2,000 shoppers online: the admin sees the true count and the re
     for (const p of pages) await p.close().catch(() => {});
     const { code } = await store.stop();
     assert.equal(code, 0, `run --online ${STORE} should exit 0 on SIGINT:\n${store.output().slice(-4000)}`);
+  }
+});
+
+test('history channels: a dashboard opened after 25 orders shows the last 20 at once, and the same 20 after a reload', { timeout: 60000 }, async () => {
+  if (setupError) throw setupError;
+  const demo = await startDemo(['--rate', '0']);
+  const page = await browser.newPage();
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+  try {
+    const sdk = new h.PusherSdk({ appId: APP.id, key: APP.key, secret: APP.secret, host: '127.0.0.1', port: String(demo.heraldPort), useTLS: false, timeout: 5000 });
+    const numbers = [];
+    for (let n = 1; n <= 25; n++) {
+      const number = `ORD-HISTORY-${String(n).padStart(4, '0')}`;
+      numbers.push(number);
+      const order = { id: 9000 + n, number, total: 10 + n, currency: 'USD', items_count: 1, status: 'pending' };
+      await sdk.trigger('private-admin-orders', 'order.new', { order, today_order_count: n, timestamp: new Date().toISOString() });
+    }
+    const last20 = numbers.slice(-20);
+    // Herald's HTTP API extension lists the same 20, with their ids
+    const res = await sdk.get({ path: '/channels/private-admin-orders/events' });
+    const listed = (await res.json()).events;
+    assert.deepEqual(listed.map((e) => JSON.parse(e.data).order.number), last20, 'GET /channels/private-admin-orders/events');
+    const shownOrders = () => page.$$eval('#feed-orders li b', (bs) => bs.map((b) => b.textContent));
+    for (const visit of ['first visit', 'after a reload']) {
+      if (visit === 'first visit') await page.goto(`${demo.url}?user=1`, { timeout: 15000 });
+      else await page.reload({ timeout: 15000 });
+      await page.waitForFunction(() => document.querySelectorAll('#feed-orders li').length >= 20, null, { timeout: 10000 });
+      // newest first on the page: the last one sent is on top
+      assert.deepEqual(await shownOrders(), [...last20].reverse(), `the orders feed, ${visit}`);
+      assert.equal(await page.textContent('#orders-today'), '25', `today's orders from the last retained event, ${visit}`);
+    }
+    assert.deepEqual(pageErrors, []);
+  } finally {
+    await page.close().catch(() => {});
+    await demo.stop();
   }
 });
