@@ -1062,6 +1062,80 @@ mod tests {
     }
 
     #[test]
+    fn history_rules_come_from_the_file_or_the_environment_and_are_bounded() {
+        let app = "[[apps]]\nid='1'\nkey='k'\nsecret='s'\n";
+        let c = Config::from_toml(&format!(
+            "{app}[[apps.history]]\nprefix='private-admin-'\n[[apps.history]]\nprefix='orders'\nevents=50\nseconds=60\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.apps[0].history,
+            [
+                HistoryRule {
+                    prefix: "private-admin-".into(),
+                    events: 20,
+                    seconds: 3600
+                },
+                HistoryRule {
+                    prefix: "orders".into(),
+                    events: 50,
+                    seconds: 60
+                },
+            ]
+        );
+        for (bad, key) in [
+            ("prefix=''", "apps[0].history[0].prefix"),
+            ("prefix='a'\nevents=0", "apps[0].history[0].events"),
+            ("prefix='a'\nevents=1001", "apps[0].history[0].events"),
+            ("prefix='a'\nseconds=604801", "apps[0].history[0].seconds"),
+        ] {
+            let err = Config::from_toml(&format!("{app}[[apps.history]]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+
+        let mut c = Config::default();
+        c.fill_apps_from_env(vars(&[(
+            "HERALD_HISTORY_CHANNELS",
+            "private-admin-:20:86400, orders:5",
+        )]))
+        .unwrap();
+        assert_eq!(
+            c.apps[0].history,
+            [
+                HistoryRule {
+                    prefix: "private-admin-".into(),
+                    events: 20,
+                    seconds: 86400
+                },
+                HistoryRule {
+                    prefix: "orders".into(),
+                    events: 5,
+                    seconds: 3600
+                },
+            ]
+        );
+        for bad in ["a:x", "a:1:2:3", ":5", "a:0"] {
+            let mut c = Config::default();
+            let err = c
+                .fill_apps_from_env(vars(&[("HERALD_HISTORY_CHANNELS", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("HERALD_HISTORY_CHANNELS") || err.contains("history"),
+                "{bad}: {err}"
+            );
+        }
+        let mut c = Config::from_toml(app).unwrap();
+        let err = c
+            .fill_apps_from_env(vars(&[("HERALD_HISTORY_CHANNELS", "a:1")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[[apps.history]]"), "{err}");
+    }
+
+    #[test]
     fn webhooks_are_validated_by_key() {
         let app = "[[apps]]\nid='1'\nkey='k'\nsecret='s'\n";
         let ok = Config::from_toml(&format!(

@@ -139,9 +139,7 @@ impl Ingest {
         }
         Value::Object(attrs)
     }
-}
 
-impl Ingest {
     /// A history channel's retained events, oldest first; with `after_id`,
     /// only those with a greater id (to fill a page without repeating).
     pub(crate) async fn channel_events(
