@@ -69,12 +69,17 @@ impl Ingest {
         metrics: &Metrics,
         body_timeout: std::time::Duration,
     ) -> Self {
+        let metrics = IngestMetrics::register(metrics);
+        for app in apps {
+            // Exported at 0 from the start, like the other per-app series.
+            metrics.history_events.with_label_values(&[&app.id]);
+        }
         Self {
             apps_by_id: apps.iter().map(|a| (a.id.clone(), a.clone())).collect(),
             budgets: RequestBudgets::new(apps),
             state,
             bus,
-            metrics: IngestMetrics::register(metrics),
+            metrics,
             body_timeout,
         }
     }
