@@ -540,7 +540,8 @@ class HeraldNode extends ManagedProcess {
       port: String(this.port),
       useTLS: false,
       encryptionMasterKeyBase64: h.ENCRYPTION_MASTER_KEY_BASE64,
-      timeout: 5000,
+      // longer than the ingest's own answer to a request NATS failed under (504 after 5 s)
+      timeout: 10000,
       ...extra,
     });
   }
@@ -638,7 +639,7 @@ async function startCluster(o = {}) {
 /**
  * Trigger through the SDK, retrying (bounded) while the ingest answers 503 (refused) or 504 (NATS failed under the
  * request, outcome unknown); returns {res, refusals}.
- * Anything else (another status, a request error or the SDK's 5 s timeout) fails at once.
+ * Anything else (another status, a request error or the SDK's 10 s timeout) fails at once.
  */
 async function triggerWhenAccepted(sdk, channel, event, data, params, timeoutMs = 15000) {
   const deadline = Date.now() + timeoutMs;
