@@ -9,7 +9,7 @@
 //! meanwhile were before the subscription.
 
 use crate::batch::Holds;
-use crate::stream::{Replay, Stored};
+use crate::stream::{EventStream, Stored};
 use crate::{BusMessage, Sink};
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -28,7 +28,7 @@ pub(crate) struct Follower {
     /// The last sequence delivered; `None` until the subject's first
     /// message on this node, which starts the count.
     last: Option<u64>,
-    replay: Replay,
+    stream: EventStream,
     holds: Arc<Holds>,
     sink: Arc<OnceLock<Arc<dyn Sink>>>,
     /// A history channel: each event gets its stream sequence as its id.
@@ -38,7 +38,7 @@ pub(crate) struct Follower {
 impl Follower {
     pub(crate) fn new(
         subject: String,
-        replay: Replay,
+        stream: EventStream,
         holds: Arc<Holds>,
         sink: Arc<OnceLock<Arc<dyn Sink>>>,
         stamp_ids: bool,
@@ -46,7 +46,7 @@ impl Follower {
         Self {
             subject,
             last: None,
-            replay,
+            stream,
             holds,
             sink,
             stamp_ids,
@@ -87,7 +87,7 @@ impl Follower {
         };
         let give_up = Instant::now() + RECOVERY_PATIENCE;
         let tail = loop {
-            match self.replay.last_seq(&self.subject).await {
+            match self.stream.last_seq(&self.subject).await {
                 Ok(tail) => break tail,
                 Err(e) if Instant::now() < give_up => {
                     tracing::debug!(subject = %self.subject, error = %e, "event stream not readable yet; retrying");
@@ -112,7 +112,7 @@ impl Follower {
         let give_up = Instant::now() + RECOVERY_PATIENCE;
         let mut recovered = 0usize;
         loop {
-            match self.replay.next(&self.subject, next).await {
+            match self.stream.next(&self.subject, next).await {
                 Ok(Some(m)) if until.is_none_or(|u| m.seq < u) => {
                     self.deliver(&m.payload, Some(m.seq), m.at_ms);
                     self.last = Some(m.seq);

@@ -11,7 +11,7 @@
 use crate::batch::{Holds, CLOCK_SKEW, HOLD};
 use crate::follow::Follower;
 use crate::history::{self, HistoryRules, Retained};
-use crate::stream::{republished, Replay, Stored, StreamSettings};
+use crate::stream::{republished, EventStream, Stored, StreamSettings};
 use crate::subject::{control_subject, event_subject};
 use crate::{BusError, BusMessage, Envelope, Sink};
 use async_nats::connection::State;
@@ -19,6 +19,7 @@ use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMes
 use async_nats::{Client, ConnectOptions};
 use futures::future::BoxFuture;
 use futures::StreamExt;
+use herald_config::HistoryRule;
 use herald_config::NatsConfig;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -147,14 +148,12 @@ impl Drop for Subscription {
 pub(crate) struct NatsBus {
     client: Client,
     js: jetstream::Context,
-    /// Reads missed messages back from the event stream.
-    replay: Replay,
+    /// Reads missed messages back from the event stream, and trims it.
+    stream: EventStream,
     /// Bumped on every (re)connect: subscriptions then catch up.
     connections: watch::Receiver<u64>,
     /// Each stored event's time to live, outside history channels.
     event_ttl: Duration,
-    /// The event stream's name (history channels are trimmed in it).
-    stream: String,
     pub(crate) history: HistoryRules,
     prefix: String,
     sink: Arc<OnceLock<Arc<dyn Sink>>>,
@@ -276,11 +275,10 @@ impl NatsBus {
         let js = jetstream::new(client.clone());
         Self {
             barrier: Barrier::start(&client, format!("{prefix}.barrier.{unique}")),
-            replay: Replay::new(js.clone(), stream.name.clone()),
+            stream: EventStream::new(js.clone(), stream.name.clone()),
             js,
             connections,
             event_ttl: stream.retention,
-            stream: stream.name.clone(),
             history: HistoryRules::default(),
             client,
             prefix: prefix.to_owned(),
@@ -316,7 +314,7 @@ impl NatsBus {
         let listen = republished(&self.prefix, &subject);
         let mut follower = Follower::new(
             subject,
-            self.replay.clone(),
+            self.stream.clone(),
             self.holds.clone(),
             self.sink.clone(),
             history,
@@ -351,11 +349,25 @@ impl NatsBus {
         Subscription { task, live }
     }
 
-    /// Publishes on the message's subject and waits for the server to
-    /// have processed it (a barrier round trip).
+    /// Publishes on the message's subject and waits (at most
+    /// [`PUBLISH_TIMEOUT`]) for the server to have processed it (a barrier
+    /// round trip).
     pub(crate) async fn publish(&self, message: &BusMessage) -> Result<(), BusError> {
-        self.publish_then_pass(std::slice::from_ref(message), PUBLISH_TIMEOUT)
-            .await
+        if self.client.connection_state() != State::Connected {
+            return Err(BusError::NotConnected);
+        }
+        let sent = tokio::time::timeout(PUBLISH_TIMEOUT, async {
+            self.client
+                .publish(
+                    self.subject_of(message),
+                    bytes::Bytes::from(message.encode()),
+                )
+                .await
+                .map_err(|e| BusError::Unavailable(e.to_string()))?;
+            self.barrier.pass(&self.client, PUBLISH_TIMEOUT).await
+        })
+        .await;
+        sent.unwrap_or(Err(BusError::PublishTimeout))
     }
 
     /// Publishes a request's events as one batch: each part on its
@@ -416,14 +428,16 @@ impl NatsBus {
     /// stream stores a retried message once and acknowledges it again).
     /// The caller bounds the wait.
     async fn store(&self, messages: &[BusMessage]) -> Result<(), BusError> {
-        let encoded: Vec<(String, bytes::Bytes, String, u64)> = messages
+        // Per message: subject, payload, id and its history rule (if any).
+        let encoded: Vec<(String, bytes::Bytes, String, Option<&HistoryRule>)> = messages
             .iter()
             .map(|m| {
                 let id = format!("{:016x}", rand::random::<u64>());
-                let ttl = self
-                    .history_rule(m)
-                    .map_or(self.event_ttl.as_secs(), |r| r.seconds);
-                (self.subject_of(m), bytes::Bytes::from(m.encode()), id, ttl)
+                let rule = match m {
+                    BusMessage::Event(e) => self.history.rule(&e.app, &e.channel),
+                    _ => None,
+                };
+                (self.subject_of(m), bytes::Bytes::from(m.encode()), id, rule)
             })
             .collect();
         let mut pending: Vec<usize> = (0..encoded.len()).collect();
@@ -431,7 +445,8 @@ impl NatsBus {
             let mut acks: Vec<(usize, PublishAckFuture)> = Vec::with_capacity(pending.len());
             let mut failed = Vec::new();
             for &i in &pending {
-                let (subject, payload, id, ttl) = &encoded[i];
+                let (subject, payload, id, rule) = &encoded[i];
+                let ttl = rule.map_or(self.event_ttl.as_secs(), |r| r.seconds);
                 let publish = PublishMessage::build()
                     .payload(payload.clone())
                     .message_id(id)
@@ -447,49 +462,19 @@ impl NatsBus {
                 }
             }
             let Some((_, why)) = failed.first() else {
-                self.trim_history(messages);
+                // History channels keep their last events only (in the
+                // background: the request is answered already).
+                for (subject, _, _, rule) in &encoded {
+                    if let Some(rule) = rule {
+                        self.stream.trim(subject.clone(), rule.events as u64);
+                    }
+                }
                 return Ok(());
             };
             tracing::debug!(error = %why, unacknowledged = failed.len(), "event stream publish not acknowledged; retrying");
             pending = failed.into_iter().map(|(i, _)| i).collect();
             pending.sort_unstable();
             tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn history_rule(&self, message: &BusMessage) -> Option<&herald_config::HistoryRule> {
-        match message {
-            BusMessage::Event(e) => self.history.rule(&e.app, &e.channel),
-            _ => None,
-        }
-    }
-
-    /// Keeps the last events of the history channels among `messages`
-    /// (in the background: the request is answered already).
-    fn trim_history(&self, messages: &[BusMessage]) {
-        for message in messages {
-            let Some(rule) = self.history_rule(message) else {
-                continue;
-            };
-            let (js, stream) = (self.js.clone(), self.stream.clone());
-            let (subject, keep) = (self.subject_of(message), rule.events as u64);
-            tokio::spawn(async move {
-                let trimmed = async {
-                    let stream = js
-                        .get_stream_no_info(&stream)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    stream
-                        .purge()
-                        .filter(subject.clone())
-                        .keep(keep)
-                        .await
-                        .map_err(|e| e.to_string())
-                };
-                if let Err(e) = trimmed.await {
-                    tracing::debug!(%subject, error = %e, "trimming a history channel failed; the next event trims it");
-                }
-            });
         }
     }
 
@@ -512,7 +497,7 @@ impl NatsBus {
         // count can be there; the bound keeps a lagging trim from costing more.
         for _ in 0..rule.events * 4 + 16 {
             let Some(m) = self
-                .replay
+                .stream
                 .next(&subject, next)
                 .await
                 .map_err(BusError::Unavailable)?
@@ -543,31 +528,6 @@ impl NatsBus {
                 control_subject(&self.prefix, app)
             }
         }
-    }
-
-    /// Publishes `messages` in order, each encoded once, and waits (at
-    /// most `wait`) until the server has processed the last (a barrier
-    /// round trip).
-    async fn publish_then_pass(
-        &self,
-        messages: &[BusMessage],
-        wait: Duration,
-    ) -> Result<(), BusError> {
-        if self.client.connection_state() != State::Connected {
-            return Err(BusError::NotConnected);
-        }
-        let sent = tokio::time::timeout(wait, async {
-            for message in messages {
-                let subject = self.subject_of(message);
-                self.client
-                    .publish(subject, bytes::Bytes::from(message.encode()))
-                    .await
-                    .map_err(|e| BusError::Unavailable(e.to_string()))?;
-            }
-            self.barrier.pass(&self.client, wait).await
-        })
-        .await;
-        sent.unwrap_or(Err(BusError::PublishTimeout))
     }
 
     /// Subscribes to (or drops) the channel's subject at once; the future

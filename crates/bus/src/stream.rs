@@ -112,10 +112,11 @@ fn unix_ms_of(rfc3339: &str) -> Option<u64> {
     u64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
-/// Reads a subject's stored messages back, through the stream's leader (a
-/// replica could answer from behind).
+/// The event stream as the bus uses it: a subject's stored messages read
+/// back through the stream's leader (a replica could answer from behind),
+/// and history channels trimmed to their last events.
 #[derive(Clone)]
-pub(crate) struct Replay {
+pub(crate) struct EventStream {
     js: js::Context,
     stream: String,
 }
@@ -127,7 +128,7 @@ pub(crate) struct Recovered {
     pub payload: bytes::Bytes,
 }
 
-impl Replay {
+impl EventStream {
     pub(crate) fn new(js: js::Context, stream: String) -> Self {
         Self { js, stream }
     }
@@ -153,6 +154,22 @@ impl Replay {
             .send()
             .await;
         Ok(Self::found(found)?.map_or(0, |m| m.seq))
+    }
+
+    /// Deletes all but the last `keep` messages of `subject`, in the
+    /// background (a failure is left to the next trim).
+    pub(crate) fn trim(&self, subject: String, keep: u64) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let trimmed = async {
+                let stream = this.handle().await?;
+                let purge = stream.purge().filter(subject.clone()).keep(keep);
+                purge.await.map_err(|e| e.to_string())
+            };
+            if let Err(e) = trimmed.await {
+                tracing::debug!(%subject, error = %e, "trimming a history channel failed; the next event trims it");
+            }
+        });
     }
 
     async fn handle(&self) -> Result<stream::Stream<()>, String> {
